@@ -1,0 +1,15 @@
+"""score_jax: SCoRe (Kumar et al., arXiv 2409.12917) in JAX / Flax NNX.
+
+Public API (imported lazily so that `import score_jax` stays cheap):
+  score_jax.load(path, *, dtype=..., mesh=None) -> LM
+  score_jax.export_hf(lm, out_dir)
+"""
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+  if name in ("load", "export_hf", "LM"):
+    from score_jax import api  # pylint: disable=import-outside-toplevel
+    return getattr(api, name)
+  raise AttributeError(f"module 'score_jax' has no attribute {name!r}")

@@ -1,0 +1,24 @@
+"""Test setup: CPU JAX with 8 host devices, so that sharding runs on a real mesh.
+
+The environment variables must be set before JAX is imported anywhere.
+"""
+import os
+import pathlib
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  """The real benchmark files in ../shared/data (never copied into the repo)."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"{SHARED_DATA} not found: the tests read the real data from there")
+  return SHARED_DATA
