@@ -1,0 +1,156 @@
+"""Every config field, with its default and a one-line meaning. Other configs start from this.
+
+Not meant to be run directly (it trains a random tiny model on the toy task). Run:
+
+  python -m score_jax.main --config configs/base.py --workdir runs/base
+
+Defaults follow the paper (Kumar et al. 2024, Table 5: Adam, alpha 10, beta1 0.01, beta2 0.1,
+temperature 1.0) where it gives them; the rest are our choices, all overridable with
+`--config.section.field=value`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                         # one seed for init, data order and sampling
+  c.distributed = False              # call jax.distributed.initialize() (multi-host)
+
+  # Device mesh (data, fsdp, tensor); -1 takes all remaining devices.
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=1,                        # pure data parallelism
+      fsdp=-1,                       # data parallel + parameter sharding
+      tensor=1,                      # tensor (model) parallelism
+  ))
+
+  # Model architecture (ModelConfig fields). Ignored where init.checkpoint gives one.
+  c.model = ml_collections.ConfigDict(dict(
+      vocab_size=0,                  # 0 -> the tokenizer's vocabulary size
+      num_layers=2,                  # L
+      embed_dim=64,                  # D
+      hidden_dim=128,                # F (MLP width)
+      num_heads=4,                   # N query heads
+      num_kv_heads=2,                # K kv heads (GQA); 1 = MQA, N = MHA
+      head_dim=16,                   # H
+      family="llama",                # informational: llama | qwen2 | gemma | gemma2 | gemma3
+      norm_style="rms",              # rms (x*w) | gemma_rms (x*(1+w))
+      norm_eps=1e-6,                 # RMSNorm epsilon
+      activation="silu",             # silu (SwiGLU) | gelu_tanh (GeGLU)
+      rope_base=10_000.0,            # RoPE base (global layers)
+      rope_local_base=ml_collections.FieldReference(None, field_type=float),  # local layers' base
+      rope_scale_factor=1.0,         # linear RoPE position scaling (Gemma 3 global layers)
+      qkv_bias=False,                # biases on q/k/v projections (Qwen2)
+      qk_norm=False,                 # RMSNorm on q and k (Gemma 3)
+      post_norms=False,              # sandwich norms after attention / MLP (Gemma 2/3)
+      attn_logit_softcap=ml_collections.FieldReference(None, field_type=float),
+      final_logit_softcap=ml_collections.FieldReference(None, field_type=float),
+      sliding_window=ml_collections.FieldReference(None, field_type=int),
+      layer_pattern=(),              # per-layer kinds, cycled, e.g. ("local", "global")
+      query_pre_attn_scalar=ml_collections.FieldReference(None, field_type=float),
+      scale_embeddings=False,        # multiply embeddings by sqrt(D) (Gemma)
+      tie_embeddings=True,           # output projection = embedding^T
+      dtype="float32",               # compute dtype (bfloat16 on accelerators)
+      param_dtype="float32",         # parameter storage dtype
+      remat="none",                  # rematerialisation: none | full | dots
+  ))
+
+  # Where the initial (base) weights come from.
+  c.init = ml_collections.ConfigDict(dict(
+      checkpoint="",                 # HF dir / Gemma Orbax dir; "" -> random init (+ sft stage)
+  ))
+
+  # Tokenizer.
+  c.tokenizer = ml_collections.ConfigDict(dict(
+      kind="char",                   # char (task alphabet) | sentencepiece | hf | auto
+      path="",                       # tokenizer file or directory (not for char)
+  ))
+  c.chat_format = "plain"            # plain | gemma | llama3 | qwen2
+
+  # Task and data.
+  c.task = ml_collections.ConfigDict(dict(
+      name="toy",                    # toy | math | gsm8k | mbpp | humaneval | demo task names
+      data_dir="../shared/data",     # root of the benchmark files
+      train_split="train",           # split used for RL rollouts
+      eval_split="test",             # split used by the eval loop
+      eval_limit=0,                  # evaluate on the first N problems (0 = all)
+      workers=2,                     # grader / sandbox worker processes
+      timeout_s=10.0,                # per-item grading / execution wall-clock limit
+  ))
+
+  # Two-turn rollouts.
+  c.rollout = ml_collections.ConfigDict(dict(
+      max_prompt_len=64,             # turn-1 prompts are left-truncated to this many tokens
+      max_turn1_tokens=16,           # max new tokens for y1
+      max_turn2_tokens=16,           # max new tokens for y2
+      max_instruction_len=64,        # max tokens of the appended turn-2 context
+      temperature=1.0,               # training sampling temperature (paper: 1.0)
+      top_k=0,                       # 0 = off
+      top_p=1.0,                     # 1.0 = off
+      samples_per_prompt=2,          # k rollouts per prompt (leave-one-out needs k >= 2)
+      offline_fraction=0.0,          # Stage II: share of first attempts taken from the base model
+  ))
+
+  # SCoRe objective (paper Table 5 defaults for MATH).
+  c.rl = ml_collections.ConfigDict(dict(
+      alpha=10.0,                    # Stage II shaping: turn-2 bonus alpha * (r2 - r1)
+      beta1=0.01,                    # default KL weight
+      beta2=0.1,                     # Stage I KL weight on the first attempt
+      kl_estimator="k3",             # k1 | k2 | k3
+      kl_mode="loss",                # loss (KL term in the loss) | reward (folded into reward)
+      baseline="loo",                # none | batch_mean | loo (leave-one-out over k samples)
+      normalization="token",         # token | sequence
+      stage2_reference="base",       # base | stage1: reference policy of Stage II
+  ))
+
+  # Stage plan: which stages run, in order, and for how many steps.
+  c.plan = ml_collections.ConfigDict(dict(
+      stages="stage1,stage2",        # comma list of sft | stage1 | stage2 | single_turn
+      sft_steps=0,                   # supervised warm-up on task demonstrations (base model)
+      stage1_steps=4,                # Stage I steps
+      stage2_steps=4,                # Stage II steps
+      single_turn_steps=0,           # single-turn RL steps (baseline)
+      interleave=0,                  # >0: alternate Stage I / II blocks of this many steps
+  ))
+
+  # Optimiser (optax).
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adam",                   # adam | adamw
+      lr=1e-5,                       # peak learning rate (paper: 5e-6 MATH, 1e-5 MBPP)
+      sft_lr=1e-3,                   # learning rate of the sft stage
+      warmup_steps=0,                # linear warm-up steps
+      schedule="constant",           # constant | cosine | linear (decay after warm-up)
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.0,              # adamw only
+      clip_norm=1.0,                 # global gradient-norm clip (0 = off)
+  ))
+
+  # Training loop.
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=8,                  # prompts per step (x samples_per_prompt episodes)
+      sft_batch_size=32,             # sequences per sft step
+      micro_batches=1,               # gradient accumulation over this many micro-batches
+      log_every=1,                   # write train metrics every N steps
+      max_nan_steps=3,               # stop after this many non-finite losses in a row
+      tensorboard=True,              # also write TensorBoard scalars
+  ))
+
+  # Checkpoints (Orbax).
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every=2,                       # save every N steps (and at the end)
+      keep=2,                        # keep the last K
+      keep_best=True,                # also keep the best by training reward (paper's rule)
+      async_save=True,               # save in the background
+  ))
+
+  # Eval loop (greedy two-turn decoding).
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=32,                 # problems per sampler call
+      max_turn1_tokens=16,           # max new tokens for y1
+      max_turn2_tokens=16,           # max new tokens for y2
+      poll_s=5.0,                    # how often the watcher looks for new checkpoints
+      timeout_s=3600.0,              # stop watching after this long without a new checkpoint
+  ))
+  return c

@@ -1,0 +1,98 @@
+"""Builds a run's components from its config: mesh, task, tokenizer, chat format, model.
+
+Shared by the trainer (`score_jax.main`) and the eval loop (`score_jax.evaluate`), so that
+both see the same tokenizer, prompts and model structure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+
+from score_jax import chat as chat_lib
+from score_jax import config_lib
+from score_jax import mesh as mesh_lib
+from score_jax import model as model_lib
+from score_jax import model_config as model_config_lib
+from score_jax import rollout as rollout_lib
+from score_jax import tokenizer as tokenizer_lib
+from score_jax.tasks import base as task_base
+from score_jax.tasks import registry
+
+
+@dataclasses.dataclass
+class Components:
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  task: task_base.Task
+  tokenizer: Any
+  chat: Any
+  model_config: model_config_lib.ModelConfig
+  graphdef: Any
+  base_params: Any                 # the initial weights (random or from init.checkpoint)
+
+  def two_turn(self, turn1: int, turn2: int) -> rollout_lib.TwoTurnSampler:
+    r = self.config.rollout
+    lengths = rollout_lib.Lengths(prompt=r.max_prompt_len, turn1=turn1,
+                                  extra=r.max_instruction_len, turn2=turn2)
+    return rollout_lib.TwoTurnSampler(self.graphdef, self.tokenizer, self.chat, self.task,
+                                      lengths)
+
+
+def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
+  """Relative data paths are taken from the current directory, then from the repo root."""
+  path = pathlib.Path(config.task.data_dir)
+  if not path.is_absolute() and not path.exists():
+    repo_root = pathlib.Path(__file__).resolve().parents[1]
+    if (repo_root / path).exists():
+      return str(repo_root / path)
+  return str(path)
+
+
+def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  m = config.mesh
+  return mesh_lib.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+
+
+def build(config: ml_collections.ConfigDict, *, with_params: bool = True) -> Components:
+  """All components of a run; `with_params=False` skips creating weights (abstract only)."""
+  mesh = build_mesh(config)
+  task_cfg = config_lib.to_plain(config.task)
+  task_cfg["data_dir"] = resolve_data_dir(config)
+  task = registry.make_task(task_cfg)
+  chat = chat_lib.chat_format(config.chat_format)
+  if config.init.checkpoint:
+    from score_jax import api  # pylint: disable=import-outside-toplevel
+    lm = api.load(config.init.checkpoint, dtype=config.model.dtype, mesh=mesh)
+    model_config = lm.config
+    tokenizer = lm.tokenizer if config.tokenizer.kind == "auto" else _tokenizer(config, task)
+    graphdef, params = lm.graphdef, lm.params
+  else:
+    tokenizer = _tokenizer(config, task)
+    fields = config_lib.to_plain(config.model)
+    if not fields["vocab_size"]:
+      fields["vocab_size"] = tokenizer.vocab_size
+    model_config = model_config_lib.ModelConfig.from_dict(fields)
+    if with_params:
+      graphdef, params = model_lib.init_params(model_config, mesh, seed=config.seed)
+    else:
+      graphdef, params = jax.eval_shape(
+          lambda: model_lib.init_params(model_config, mesh, seed=config.seed))
+  tokenizer_lib.check_vocab_fits(tokenizer, model_config.vocab_size,
+                                 source=config.tokenizer.path or f"{config.tokenizer.kind} tokenizer")
+  return Components(config, mesh, task, tokenizer, chat, model_config, graphdef, params)
+
+
+def _tokenizer(config: ml_collections.ConfigDict, task: task_base.Task):
+  cfg = config_lib.to_plain(config.tokenizer)
+  if cfg["kind"] == "char":
+    alphabet = getattr(task, "alphabet", None)
+    if alphabet is None:
+      raise ValueError(f"config.tokenizer.kind='char' needs a task with an alphabet; task "
+                       f"{task.name!r} has none: use sentencepiece / hf with a path")
+    cfg["alphabet"] = alphabet
+  return tokenizer_lib.tokenizer_from_config(cfg)

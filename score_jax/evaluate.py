@@ -1,0 +1,128 @@
+"""The eval loop, a separate process that follows a run's checkpoints.
+
+  python -m score_jax.evaluate --config configs/tiny.py --workdir W [--once]
+
+Waits for new checkpoints in `W/checkpoints/`, evaluates each with greedy two-turn
+decoding on the task's eval split, and appends one JSON line per checkpoint to
+`W/eval/metrics.jsonl` (step, stage, n, acc_t1, acc_t2, delta, delta_i2c, delta_c2i,
+answer_changed, edit_distance_ratio, with standard errors) plus TensorBoard scalars, and
+the first responses to `W/eval/samples/<step>.jsonl`. `--once` evaluates the latest
+checkpoint and exits. Steps already in the metrics file are not evaluated again.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from typing import Any, Sequence
+
+import jax
+import tqdm
+
+from score_jax import build as build_lib
+from score_jax import checkpoint as checkpoint_lib
+from score_jax import cli
+from score_jax import metrics as metrics_lib
+from score_jax import sampler as sampler_lib
+from score_jax.tasks import base as task_base
+
+
+def evaluate_params(c: build_lib.Components, params: Any, problems: Sequence[task_base.Problem],
+                    *, batch_size: int, turn1_tokens: int, turn2_tokens: int,
+                    params_turn2: Any = None, progress: bool = True) -> dict[str, Any]:
+  """Greedy two-turn evaluation; returns metrics plus per-problem records under 'records'.
+
+  `params_turn2` (default: `params`) lets baselines such as "base model corrects itself"
+  use different weights for the two attempts.
+  """
+  if not problems:
+    raise ValueError("no problems to evaluate (empty eval split or config.eval_limit)")
+  two_turn = c.two_turn(turn1_tokens, turn2_tokens)
+  params_turn2 = params if params_turn2 is None else params_turn2
+  r1, r2, y1, y2 = [], [], [], []
+  for i in tqdm.trange(0, len(problems), batch_size, desc="eval", disable=not progress,
+                       dynamic_ncols=True):
+    chunk = list(problems[i:i + batch_size])
+    n = len(chunk)
+    chunk += [chunk[-1]] * (batch_size - n)  # fixed shapes: one compilation
+    result = two_turn.rollout(params, params_turn2, chunk, method=sampler_lib.Greedy(),
+                              rng=jax.random.key(0))
+    r1 += result.episode.r1_B[:n].tolist()
+    r2 += result.episode.r2_B[:n].tolist()
+    y1 += result.y1[:n]
+    y2 += result.y2[:n]
+  answers1 = [c.task.answer_key(y) for y in y1]
+  answers2 = [c.task.answer_key(y) for y in y2]
+  out = metrics_lib.two_turn_metrics(r1, r2, answers1, answers2, y1, y2)
+  out["records"] = [{"uid": p.uid, "y1": a, "y2": b, "r1": x, "r2": z}
+                    for p, a, b, x, z in zip(problems, y1, y2, r1, r2)]
+  return out
+
+
+def eval_problems(c: build_lib.Components) -> list[task_base.Problem]:
+  problems = c.task.load(c.config.task.eval_split)
+  limit = int(c.config.task.eval_limit)
+  return problems[:limit] if limit > 0 else problems
+
+
+def run(config, workdir: str | pathlib.Path, *, once: bool = False) -> list[dict[str, Any]]:
+  """Evaluates checkpoints of `workdir` (see module docstring); returns the new lines."""
+  workdir = pathlib.Path(workdir)
+  c = build_lib.build(config)
+  problems = eval_problems(c)
+  writer = metrics_lib.MetricWriter(workdir / "eval" / "metrics.jsonl",
+                                    workdir / "tensorboard" / "eval")
+  done = {r["step"] for r in metrics_lib.read_jsonl(writer.path)}
+  ckpt_dir = workdir / "checkpoints"
+  if once:
+    reader = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, keep_best=False)
+    latest = reader.latest_step()
+    if latest is None:
+      raise FileNotFoundError(f"no finished checkpoint in {ckpt_dir}")
+    steps: Any = [latest]
+  else:
+    reader = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, keep_best=False)
+    steps = checkpoint_lib.follow(ckpt_dir, poll_s=config.eval.poll_s,
+                                  timeout_s=config.eval.timeout_s)
+  lines = []
+  for step in steps:
+    if step in done:
+      continue
+    reader.reload()
+    try:
+      params, _, meta = reader.restore(step, c.base_params)
+    except (FileNotFoundError, ValueError) as e:  # deleted by the trainer meanwhile
+      print(f"skipping step {step}: {e}", file=sys.stderr)
+      continue
+    result = evaluate_params(c, params, problems, batch_size=config.eval.batch_size,
+                             turn1_tokens=config.eval.max_turn1_tokens,
+                             turn2_tokens=config.eval.max_turn2_tokens)
+    records = result.pop("records")
+    line = {"stage": meta.get("stage"), **result}
+    writer.write(step, line)
+    samples = workdir / "eval" / "samples" / f"{step}.jsonl"
+    samples.parent.mkdir(parents=True, exist_ok=True)
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records[:50]))
+    print(f"step {step} ({line['stage']}): acc_t1={line['acc_t1']:.3f} "
+          f"acc_t2={line['acc_t2']:.3f} delta={line['delta']:+.3f} "
+          f"i2c={line['delta_i2c']:.3f} c2i={line['delta_c2i']:.3f}", flush=True)
+    lines.append({"step": step, **line})
+  writer.close()
+  c.task.close()
+  return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+  config, args = cli.parse(sys.argv[1:] if argv is None else argv, __doc__,
+                           extra=[("--once", dict(action="store_true",
+                                                  help="evaluate the latest checkpoint, exit"))])
+  cli.maybe_initialize_distributed(config)
+  try:
+    run(config, args.workdir, once=args.once)
+  except (ValueError, FileNotFoundError) as e:
+    cli.die(str(e))
+
+
+if __name__ == "__main__":
+  main()

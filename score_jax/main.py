@@ -1,0 +1,31 @@
+"""Trains SCoRe: `python -m score_jax.main --config configs/tiny.py --workdir runs/tiny`.
+
+Runs the config's stage plan (e.g. sft -> Stage I -> Stage II), writing checkpoints to
+`W/checkpoints/`, train metrics to `W/train/metrics.jsonl` and TensorBoard. Re-running the
+same command resumes from the latest checkpoint. Evaluate with `python -m
+score_jax.evaluate --config ... --workdir W` (a separate process, watching the checkpoints).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from score_jax import cli
+
+
+def main(argv: list[str] | None = None) -> dict:
+  config, args = cli.parse(sys.argv[1:] if argv is None else argv, __doc__)
+  cli.maybe_initialize_distributed(config)
+  from score_jax import train  # pylint: disable=import-outside-toplevel
+  try:
+    trainer = train.Trainer(config, args.workdir)
+  except ValueError as e:
+    cli.die(str(e))
+  last = trainer.run()
+  print(f"Finished {trainer.total} steps in {args.workdir}. Last step: "
+        + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)), flush=True)
+  return last
+
+
+if __name__ == "__main__":
+  main()

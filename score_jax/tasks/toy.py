@@ -1,0 +1,55 @@
+"""A toy task with checkable answers, for tests and seconds-long smoke runs.
+
+Problem: a lowercase word such as `kvtq`; answer: the word in upper case (`KVTQ`). A
+character-level model learns the format in a few hundred CPU steps. `demonstration` draws
+*noisy* attempts (one character replaced with probability `error_rate`), so a model
+fine-tuned on them starts imperfect, with errors that a second attempt can fix; the
+two-turn traces pair independent attempts, so the base model has no self-correction skill.
+"""
+
+from __future__ import annotations
+
+import string
+
+import numpy as np
+
+from score_jax.tasks import base
+
+ALPHABET = string.printable.replace("\x0b", "").replace("\x0c", "")
+_SPLIT_SEEDS = {"train": 1, "test": 2}
+
+
+class ToyTask(base.Task):
+  """Upper-casing words of `min_len`..`max_len` lowercase letters."""
+
+  name = "toy"
+  splits = ("train", "test")
+  turn2_instruction = "Check and rewrite."
+
+  def __init__(self, *, num_train: int = 2000, num_test: int = 200, min_len: int = 3,
+               max_len: int = 6, error_rate: float = 0.5, **unused):
+    del unused
+    self.sizes = {"train": num_train, "test": num_test}
+    self.min_len, self.max_len, self.error_rate = min_len, max_len, error_rate
+    self.alphabet = ALPHABET
+
+  def load(self, split: str) -> list[base.Problem]:
+    base.check_split(self, split)
+    rng = np.random.default_rng(_SPLIT_SEEDS[split])
+    problems = []
+    for i in range(self.sizes[split]):
+      n = int(rng.integers(self.min_len, self.max_len + 1))
+      word = "".join(rng.choice(list(string.ascii_lowercase), size=n))
+      problems.append(base.Problem(uid=f"{split}-{i}", prompt=word, answer=word.upper()))
+    return problems
+
+  def reward(self, problem: base.Problem, response: str) -> float:
+    return float(response.strip() == problem.answer)
+
+  def demonstration(self, problem: base.Problem, rng: np.random.Generator) -> str:
+    """One attempt of the noisy "base policy": correct, or with one character replaced."""
+    answer = list(problem.answer)
+    if rng.random() < self.error_rate:
+      i = int(rng.integers(len(answer)))
+      answer[i] = rng.choice([c for c in string.ascii_uppercase if c != answer[i]])
+    return "".join(answer)

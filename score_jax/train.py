@@ -1,0 +1,265 @@
+"""The training loop: stage plan -> rollouts -> jitted steps -> metrics and checkpoints.
+
+One readable loop over global steps. Each step belongs to one block of the stage plan
+(`plan.py`): `sft` steps fit the task's demonstrations (building a base model from scratch),
+`stage1` / `stage2` / `single_turn` steps sample two-turn rollouts on-policy and apply the
+matching SCoRe objective. Everything a resumed run needs is in the checkpoint: params,
+optimiser state, the step (hence the stage), the data position and the RNG key; reference
+weights produced inside the run (the base model after `sft`, the Stage I model when it is
+Stage II's reference) are saved once under `W/models/`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from score_jax import build as build_lib
+from score_jax import checkpoint as checkpoint_lib
+from score_jax import config_lib
+from score_jax import losses
+from score_jax import mesh as mesh_lib
+from score_jax import metrics as metrics_lib
+from score_jax import plan as plan_lib
+from score_jax import sampler as sampler_lib
+from score_jax import train_step as step_lib
+from score_jax.tasks import base as task_base
+
+RL_STAGES = ("stage1", "stage2", "single_turn")
+
+
+class NonFiniteLossError(RuntimeError):
+  """Too many non-finite losses in a row; the last good checkpoint is kept."""
+
+
+class DataStream:
+  """Deterministic, resumable order over the training problems (reshuffled every epoch)."""
+
+  def __init__(self, problems: list[task_base.Problem], seed: int, position: int = 0):
+    if not problems:
+      raise ValueError("the training split is empty")
+    self.problems, self.seed, self.position = problems, seed, position
+
+  def take(self, n: int) -> list[task_base.Problem]:
+    out = []
+    for _ in range(n):
+      epoch, i = divmod(self.position, len(self.problems))
+      order = np.random.default_rng([self.seed, epoch]).permutation(len(self.problems))
+      out.append(self.problems[order[i]])
+      self.position += 1
+    return out
+
+
+def _copy(tree: Any) -> Any:
+  return jax.tree.map(jnp.copy, tree)
+
+
+def sampling_method(rollout_cfg: ml_collections.ConfigDict):
+  t = float(rollout_cfg.temperature)
+  if t == 0.0:
+    return sampler_lib.Greedy()
+  if int(rollout_cfg.top_k) > 0:
+    return sampler_lib.TopK(int(rollout_cfg.top_k), t)
+  if float(rollout_cfg.top_p) < 1.0:
+    return sampler_lib.TopP(float(rollout_cfg.top_p), t)
+  return sampler_lib.Temperature(t)
+
+
+def loss_config(config: ml_collections.ConfigDict, stage: str) -> losses.LossConfig:
+  rl = config.rl
+  return losses.LossConfig(stage=stage, alpha=rl.alpha, beta1=rl.beta1, beta2=rl.beta2,
+                           kl_estimator=rl.kl_estimator, kl_mode=rl.kl_mode,
+                           baseline=rl.baseline,
+                           samples_per_prompt=config.rollout.samples_per_prompt,
+                           normalization=rl.normalization)
+
+
+class Trainer:
+  """Owns the run's state and side effects (see module docstring)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+    plan_lib.validate(config)
+    self.config, self.workdir = config, pathlib.Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    self.c = build_lib.build(config)
+    self.blocks = plan_lib.build_plan(config.plan)
+    self.total = plan_lib.total_steps(self.blocks)
+    self.optimizer = step_lib.build_optimizer(config.optim)
+    ck = config.checkpoint
+    self.ckpt = checkpoint_lib.Checkpointer(self.workdir / "checkpoints", every=ck.every,
+                                            keep=ck.keep, keep_best=ck.keep_best,
+                                            async_save=ck.async_save)
+    self.is_writer = jax.process_index() == 0
+    tb = self.workdir / "tensorboard" / "train" if config.train.tensorboard else None
+    self.writer = (metrics_lib.MetricWriter(self.workdir / "train" / "metrics.jsonl", tb)
+                   if self.is_writer else None)
+    self.train_problems = self.c.task.load(config.task.train_split)
+    self.two_turn = self.c.two_turn(config.rollout.max_turn1_tokens,
+                                    config.rollout.max_turn2_tokens)
+    self.method = sampling_method(config.rollout)
+    self._steps: dict[str, Any] = {}
+
+  # --- state -------------------------------------------------------------------------
+  def _model_store(self, name: str) -> checkpoint_lib.Checkpointer:
+    return checkpoint_lib.Checkpointer(self.workdir / "models" / name, keep=1,
+                                       keep_best=False, async_save=False)
+
+  def _save_model(self, name: str, params: Any) -> None:
+    store = self._model_store(name)
+    store.save(0, params, None, {"name": name}, force=True)
+    store.close()
+
+  def _load_model(self, name: str, like: Any) -> Any | None:
+    store = self._model_store(name)
+    if store.latest_step() is None:
+      return None
+    params, _, _ = store.restore(store.latest_step(), like)
+    return params
+
+  def initial_state(self):
+    """(params, opt_state, step, data position), resumed from W/checkpoints when present."""
+    params = _copy(self.c.base_params)  # the step donates params; keep the base intact
+    opt_state = self.optimizer.init(params)
+    latest = self.ckpt.latest_step()
+    if latest is None:
+      return params, opt_state, 0, 0
+    params, opt_state, meta = self.ckpt.restore(latest, params, opt_state)
+    expected_key = np.asarray(jax.random.key_data(self.base_key())).tolist()
+    if meta.get("rng_key") != expected_key:
+      raise ValueError(f"checkpoint {latest} in {self.ckpt.directory} was written with another "
+                       f"seed (config.seed differs); use a new --workdir")
+    print(f"Resumed from step {latest} (stage {meta['stage']}, data position "
+          f"{meta['data_position']}).", flush=True)
+    return params, opt_state, int(meta["step"]), int(meta["data_position"])
+
+  def base_key(self) -> jax.Array:
+    return jax.random.key(self.config.seed)
+
+  def reference(self, stage: str, params: Any) -> Any:
+    """Frozen reference weights of `stage` (the base model unless configured otherwise)."""
+    names = plan_lib.stage_names(self.config.plan)
+    if stage == "stage2" and self.config.rl.stage2_reference == "stage1":
+      ref = self._load_model("stage1", params)
+      if ref is not None:
+        return ref
+    if "sft" in names:
+      ref = self._load_model("base", params)
+      if ref is None:
+        raise RuntimeError(f"no base model under {self.workdir / 'models' / 'base'}: the sft "
+                           f"stage must finish before RL stages")
+      return ref
+    return self.c.base_params
+
+  def step_fn(self, stage: str):
+    if stage not in self._steps:
+      micro = int(self.config.train.micro_batches)
+      if stage == "sft":
+        self._steps[stage] = step_lib.make_sft_step(self.c.graphdef, self.optimizer, micro)
+      else:
+        self._steps[stage] = step_lib.make_rl_step(self.c.graphdef, self.optimizer,
+                                                   loss_config(self.config, stage), micro)
+    return self._steps[stage]
+
+  # --- one step ------------------------------------------------------------------------
+  def sft_batch(self, data: DataStream, rng: np.random.Generator):
+    problems = data.take(int(self.config.train.sft_batch_size))
+    demo = getattr(self.c.task, "demonstration", None)
+    if demo is None:
+      raise ValueError(f"the sft stage needs task demonstrations; task {self.c.task.name!r} "
+                       f"has none. Start from a checkpoint (config.init.checkpoint) instead")
+    attempts1 = [demo(p, rng) for p in problems]
+    attempts2 = [demo(p, rng) for p in problems]
+    from score_jax import rollout as rollout_lib  # pylint: disable=import-outside-toplevel
+    episode = rollout_lib.demonstration_episode(self.two_turn, problems, attempts1, attempts2)
+    return episode, {}
+
+  def rl_batch(self, stage: str, params: Any, ref: Any, data: DataStream, key: jax.Array):
+    k = int(self.config.rollout.samples_per_prompt)
+    problems = [p for p in data.take(int(self.config.train.batch_size)) for _ in range(k)]
+    result = self.two_turn.rollout(params, params, problems, method=self.method, rng=key)
+    ep = result.episode
+    answers1 = [self.c.task.answer_key(y) for y in result.y1]
+    answers2 = [self.c.task.answer_key(y) for y in result.y2]
+    m = metrics_lib.two_turn_metrics(ep.r1_B, ep.r2_B, answers1, answers2,
+                                     result.y1, result.y2)
+    stats = {"reward_t1": m["acc_t1"], "reward_t2": m["acc_t2"], "acc_t1": m["acc_t1"],
+             "acc_t2": m["acc_t2"], "delta": m["delta"], "delta_i2c": m["delta_i2c"],
+             "delta_c2i": m["delta_c2i"], "answer_changed": m["answer_changed"],
+             "edit_distance_ratio": m["edit_distance_ratio"],
+             "len_t1": float(ep.turn1_mask_BT.sum(1).mean()),
+             "len_t2": float(ep.turn2_mask_BT.sum(1).mean())}
+    return ep, stats
+
+  # --- the loop ------------------------------------------------------------------------
+  def run(self) -> dict[str, Any]:
+    params, opt_state, start, position = self.initial_state()
+    data = DataStream(self.train_problems, self.config.seed, position)
+    key = self.base_key()
+    ref, ref_stage = None, None
+    nan_streak, last = 0, {}
+    bar = tqdm.tqdm(total=self.total, initial=start, desc="train", disable=not self.is_writer,
+                    dynamic_ncols=True)
+    for step in range(start, self.total):
+      block = plan_lib.block_at(self.blocks, step)
+      stage = block.stage
+      if step == block.start and step > 0:
+        previous = plan_lib.block_at(self.blocks, step - 1).stage
+        if previous == "sft" and stage != "sft":
+          self._save_model("base", params)
+          opt_state = self.optimizer.init(params)  # RL starts with fresh Adam moments
+        if previous == "stage1" and stage == "stage2":
+          self._save_model("stage1", params)
+      if stage != "sft" and ref_stage != stage:
+        ref, ref_stage = _copy(self.reference(stage, params)), stage
+      peak = self.config.optim.sft_lr if stage == "sft" else self.config.optim.lr
+      lr = step_lib.learning_rate(self.config.optim, peak, step - block.start, block.steps)
+      opt_state = step_lib.set_learning_rate(opt_state, lr)
+      t0 = time.perf_counter()
+      step_key = jax.random.fold_in(key, step)
+      if stage == "sft":
+        episode, stats = self.sft_batch(data, np.random.default_rng([self.config.seed, step]))
+      else:
+        episode, stats = self.rl_batch(stage, params, ref, data, step_key)
+      t_rollout = time.perf_counter() - t0
+      batch = mesh_lib.put_batch(step_lib.episode_batch(episode), self.c.mesh)
+      params, opt_state, out = self.step_fn(stage)(params, opt_state, ref if ref is not None
+                                                   else params, batch)
+      out = {k: float(v) for k, v in jax.device_get(out).items()}
+      elapsed = time.perf_counter() - t0
+      tokens = float(episode.valid_BT.sum())
+      record = {"stage": stage, "lr": lr, **stats, **out, "step_time_s": elapsed,
+                "rollout_time_s": t_rollout, "tokens_per_s": tokens / elapsed}
+      nan_streak = nan_streak + 1 if out["skipped"] else 0
+      if self.writer and (step % self.config.train.log_every == 0 or out["skipped"]):
+        self.writer.write(step + 1, record)
+      if nan_streak >= int(self.config.train.max_nan_steps):
+        self.ckpt.wait()
+        raise NonFiniteLossError(
+            f"{nan_streak} non-finite losses in a row at step {step + 1}; stopping. The last "
+            f"good checkpoint (step {self.ckpt.latest_step()}) in {self.ckpt.directory} is "
+            f"intact")
+      meta = {"step": step + 1, "stage": stage, "data_position": data.position,
+              "rng_key": np.asarray(jax.random.key_data(key)).tolist(),
+              "config": config_lib.to_plain(self.config)}
+      reward = stats.get("reward_t2") if stage != "sft" else None
+      if not out["skipped"]:
+        self.ckpt.save(step + 1, params, opt_state, meta, train_reward=reward,
+                       force=(step + 1 == self.total))
+      last = record
+      bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "reward_t1", "reward_t2")
+                       if k in record})
+      bar.update(1)
+    bar.close()
+    self.ckpt.close()
+    if self.writer:
+      self.writer.close()
+    self.params = params
+    return last

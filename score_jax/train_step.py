@@ -1,0 +1,176 @@
+"""The jitted update steps (RL stages and supervised warm-up) and the optimiser.
+
+Pure functions of (params, opt_state, ref_params, batch): the host loop in `train.py` owns
+every side effect. One step = forward the policy (with gradient) and the frozen reference
+(without) over whole two-turn episodes, `losses.score_loss`, gradient accumulation over
+micro-batches with `lax.scan`, global-norm clipping and the optax update. A step whose loss
+or gradient is not finite leaves params and optimiser state unchanged and reports
+`skipped = 1`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from score_jax import losses
+from score_jax import model as model_lib
+
+Batch = Mapping[str, jax.Array]
+
+
+def build_optimizer(optim_cfg: Mapping[str, Any]) -> optax.GradientTransformation:
+  """Adam / AdamW with clipping; the learning rate lives in the state (set per step)."""
+  name = optim_cfg["name"]
+  if name not in ("adam", "adamw"):
+    raise ValueError(f"config.optim.name={name!r} not in ('adam', 'adamw')")
+
+  def make(learning_rate):
+    if name == "adamw":
+      opt = optax.adamw(learning_rate, b1=optim_cfg["b1"], b2=optim_cfg["b2"],
+                        eps=optim_cfg["eps"], weight_decay=optim_cfg["weight_decay"])
+    else:
+      opt = optax.adam(learning_rate, b1=optim_cfg["b1"], b2=optim_cfg["b2"],
+                       eps=optim_cfg["eps"])
+    clip = float(optim_cfg["clip_norm"])
+    return optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
+
+  return optax.inject_hyperparams(make)(learning_rate=float(optim_cfg["lr"]))
+
+
+def learning_rate(optim_cfg: Mapping[str, Any], peak: float, step: int, steps: int) -> float:
+  """Warm-up then constant / cosine / linear decay, within a stage of `steps` steps."""
+  warmup = int(optim_cfg["warmup_steps"])
+  if warmup and step < warmup:
+    return peak * (step + 1) / warmup
+  schedule = optim_cfg["schedule"]
+  frac = (step - warmup) / max(steps - warmup, 1)
+  if schedule == "constant":
+    return peak
+  if schedule == "cosine":
+    return peak * 0.5 * (1 + np.cos(np.pi * min(frac, 1.0)))
+  if schedule == "linear":
+    return peak * max(1.0 - frac, 0.0)
+  raise ValueError(f"config.optim.schedule={schedule!r} not in ('constant', 'cosine', 'linear')")
+
+
+def set_learning_rate(opt_state: Any, lr: float) -> Any:
+  opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+  return opt_state
+
+
+def _split_micro(batch: Batch, micro_batches: int) -> Batch:
+  return jax.tree.map(lambda x: x.reshape((micro_batches, -1) + x.shape[1:]), batch)
+
+
+def _masked_mean(x_BT, mask_BT):
+  mask = mask_BT.astype(jnp.float32)
+  return jnp.sum(x_BT * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _apply(optimizer, params, opt_state, grads, loss):
+  """optax update, skipped (params and state kept) when loss or grads are not finite."""
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+  updates, new_opt_state = optimizer.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+  params = jax.tree.map(keep, new_params, params)
+  opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+  return params, opt_state, grad_norm, 1.0 - finite.astype(jnp.float32)
+
+
+def _accumulate(loss_fn: Callable, params, batch: Batch, micro_batches: int):
+  """Mean loss, grads and metrics over micro-batches (lax.scan keeps one in memory)."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if micro_batches == 1:
+    (loss, metrics), grads = grad_fn(params, batch)
+    return loss, grads, metrics
+  micro = _split_micro(batch, micro_batches)
+  first = jax.tree.map(lambda x: x[0], micro)
+  (_, metrics_shape), _ = jax.eval_shape(grad_fn, params, first)
+  zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params),
+           jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape))
+
+  def body(carry, mb):
+    (loss, metrics), grads = grad_fn(params, mb)
+    acc = (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads),
+           jax.tree.map(jnp.add, carry[2], metrics))
+    return acc, None
+
+  (loss, grads, metrics), _ = jax.lax.scan(body, zeros, micro)
+  scale = lambda x: x / micro_batches  # noqa: E731
+  return scale(loss), jax.tree.map(scale, grads), jax.tree.map(scale, metrics)
+
+
+def make_rl_step(graphdef: Any, optimizer: optax.GradientTransformation,
+                 loss_cfg: losses.LossConfig, micro_batches: int = 1) -> Callable:
+  """Jitted `step(params, opt_state, ref_params, batch) -> (params, opt_state, metrics)`.
+
+  `batch` holds the Episode arrays: tokens, valid, turn1_mask, turn2_mask, r1, r2,
+  sampler_logprobs (all with leading batch dimension).
+  """
+
+  def loss_fn(params, mb):
+    logits_BTV, _ = model_lib.forward(graphdef, params, mb["tokens"], mb["valid"])
+    logp_BT = losses.token_logprobs(logits_BTV, mb["tokens"])
+    inputs = losses.LossInputs(mb["turn1_mask"], mb["turn2_mask"], mb["r1"], mb["r2"])
+    loss, metrics = losses.score_loss(logp_BT, mb["ref_logp"], inputs, loss_cfg)
+    trained = mb["turn1_mask"] | mb["turn2_mask"]
+    entropy_BT = jax.lax.stop_gradient(losses.token_entropy(logits_BTV))
+    metrics = dict(metrics)
+    metrics["entropy_t1"] = _masked_mean(entropy_BT, mb["turn1_mask"])
+    metrics["entropy_t2"] = _masked_mean(entropy_BT, mb["turn2_mask"])
+    metrics["sampler_logp_gap"] = _masked_mean(
+        jnp.abs(jax.lax.stop_gradient(logp_BT) - mb["sampler_logprobs"]), trained)
+    return loss, metrics
+
+  def step(params, opt_state, ref_params, batch):
+    ref_logits_BTV, _ = model_lib.forward(graphdef, ref_params, batch["tokens"], batch["valid"])
+    batch = dict(batch)
+    batch["ref_logp"] = jax.lax.stop_gradient(
+        losses.token_logprobs(ref_logits_BTV, batch["tokens"]))
+    loss, grads, metrics = _accumulate(loss_fn, params, batch, micro_batches)
+    params, opt_state, grad_norm, skipped = _apply(optimizer, params, opt_state, grads, loss)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)
+    return params, opt_state, metrics
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def make_sft_step(graphdef: Any, optimizer: optax.GradientTransformation,
+                  micro_batches: int = 1) -> Callable:
+  """Jitted supervised step: mean negative log-likelihood of the y1 and y2 tokens.
+
+    L(theta) = - sum_{b,t} m_bt log pi_theta(tok_bt | tok_b,<t) / sum_{b,t} m_bt,
+    m = turn1_mask | turn2_mask.
+  """
+
+  def loss_fn(params, mb):
+    logits_BTV, _ = model_lib.forward(graphdef, params, mb["tokens"], mb["valid"])
+    logp_BT = losses.token_logprobs(logits_BTV, mb["tokens"])
+    mask = mb["turn1_mask"] | mb["turn2_mask"]
+    loss = -_masked_mean(logp_BT, mask)
+    return loss, {"nll_t1": -_masked_mean(logp_BT, mb["turn1_mask"]),
+                  "nll_t2": -_masked_mean(logp_BT, mb["turn2_mask"])}
+
+  def step(params, opt_state, ref_params, batch):
+    del ref_params
+    loss, grads, metrics = _accumulate(loss_fn, params, batch, micro_batches)
+    params, opt_state, grad_norm, skipped = _apply(optimizer, params, opt_state, grads, loss)
+    return params, opt_state, dict(metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def episode_batch(episode: Any) -> dict[str, np.ndarray]:
+  """Episode (rollout.Episode) -> the dict the steps take."""
+  return {"tokens": episode.tokens_BT, "valid": episode.valid_BT,
+          "turn1_mask": episode.turn1_mask_BT, "turn2_mask": episode.turn2_mask_BT,
+          "r1": episode.r1_B, "r2": episode.r2_B,
+          "sampler_logprobs": episode.sampler_logprobs_BT}

@@ -1,0 +1,73 @@
+"""Config files, overrides and start-up validation fail with messages that say what to fix."""
+
+import subprocess
+import sys
+
+import pytest
+
+from score_jax import config_lib
+from score_jax import plan
+from tests.conftest import REPO_ROOT
+
+
+def test_override_sets_typed_values():
+  c = config_lib.load(REPO_ROOT / "configs/tiny.py",
+                      ["--config.model.num_layers=3", "--config.rl.alpha", "5",
+                       "--config.plan.stages=stage2", "--config.model.sliding_window=4",
+                       "--config.checkpoint.async_save=false"])
+  assert c.model.num_layers == 3 and c.rl.alpha == 5.0
+  assert c.plan.stages == "stage2" and c.model.sliding_window == 4
+  assert c.checkpoint.async_save is False
+
+
+def test_misspelled_override_names_the_field():
+  with pytest.raises(config_lib.ConfigError, match=r"config\.model\.d_modle.*model\.embed_dim"):
+    config_lib.load(REPO_ROOT / "configs/tiny.py", ["--config.model.d_modle=8"])
+
+
+def test_wrong_type_is_rejected():
+  with pytest.raises(config_lib.ConfigError, match="num_layers"):
+    config_lib.load(REPO_ROOT / "configs/tiny.py", ["--config.model.num_layers=abc"])
+
+
+def test_cli_misspelled_field_exits_with_message(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "score_jax.main", "--config", "configs/tiny.py",
+       "--workdir", str(tmp_path), "--config.model.d_modle=8"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert "config.model.d_modle" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_config_file():
+  with pytest.raises(config_lib.ConfigError, match="not found"):
+    config_lib.load("configs/nope.py")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.plan.stages=stage1,stage3", "unknown stage 'stage3'"),
+    ("--config.rl.alpha=-1", r"config.rl.alpha=-1.0 must be >= 0"),
+    ("--config.rl.beta2=-0.5", r"config.rl.beta2=-0.5 must be >= 0"),
+    ("--config.rollout.samples_per_prompt=1", "leave-one-out"),
+    ("--config.rl.kl_estimator=k4", "kl_estimator"),
+])
+def test_bad_settings_fail_at_start(override, message):
+  c = config_lib.load(REPO_ROOT / "configs/tiny.py", [override])
+  with pytest.raises(ValueError, match=message):
+    plan.validate(c)
+
+
+def test_plan_blocks_and_interleaving():
+  cfg = dict(stages="sft,stage1,stage2", sft_steps=3, stage1_steps=5, stage2_steps=4,
+             single_turn_steps=0, interleave=2)
+  blocks = plan.build_plan(cfg)
+  assert [(b.stage, b.steps, b.start) for b in blocks] == [
+      ("sft", 3, 0), ("stage1", 2, 3), ("stage2", 2, 5), ("stage1", 2, 7), ("stage2", 2, 9),
+      ("stage1", 1, 11)]
+  assert plan.total_steps(blocks) == 12
+  assert plan.block_at(blocks, 6).stage == "stage2"
+  with pytest.raises(IndexError):
+    plan.block_at(blocks, 12)
+  cfg["interleave"] = 0
+  assert [(b.stage, b.steps) for b in plan.build_plan(cfg)] == [
+      ("sft", 3), ("stage1", 5), ("stage2", 4)]
