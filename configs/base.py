@@ -65,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
       kind="char",                   # char (task alphabet) | sentencepiece | hf | auto
       path="",                       # tokenizer file or directory (not for char)
   ))
-  c.chat_format = "plain"            # plain | gemma | llama3 | qwen2
+  c.chat_format = "plain"            # plain | gemma | llama3 | qwen2 | qwen2.5
 
   # Task and data.
   c.task = ml_collections.ConfigDict(dict(

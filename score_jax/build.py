@@ -64,7 +64,6 @@ def build(config: ml_collections.ConfigDict, *, with_params: bool = True) -> Com
   task_cfg = config_lib.to_plain(config.task)
   task_cfg["data_dir"] = resolve_data_dir(config)
   task = registry.make_task(task_cfg)
-  chat = chat_lib.chat_format(config.chat_format)
   if config.init.checkpoint:
     from score_jax import api  # pylint: disable=import-outside-toplevel
     lm = api.load(config.init.checkpoint, dtype=config.model.dtype, mesh=mesh)
@@ -80,8 +79,8 @@ def build(config: ml_collections.ConfigDict, *, with_params: bool = True) -> Com
     if with_params:
       graphdef, params = model_lib.init_params(model_config, mesh, seed=config.seed)
     else:
-      graphdef, params = jax.eval_shape(
-          lambda: model_lib.init_params(model_config, mesh, seed=config.seed))
+      graphdef, params = model_lib.abstract_params(model_config, seed=config.seed)
+  chat = chat_lib.chat_format(config.chat_format, tokenizer=tokenizer)
   tokenizer_lib.check_vocab_fits(tokenizer, model_config.vocab_size,
                                  source=config.tokenizer.path or f"{config.tokenizer.kind} tokenizer")
   return Components(config, mesh, task, tokenizer, chat, model_config, graphdef, params)

@@ -127,7 +127,7 @@ class Trainer:
   def initial_state(self):
     """(params, opt_state, step, data position), resumed from W/checkpoints when present."""
     params = _copy(self.c.base_params)  # the step donates params; keep the base intact
-    opt_state = self.optimizer.init(params)
+    opt_state = self.init_opt_state(params)
     latest = self.ckpt.latest_step()
     if latest is None:
       return params, opt_state, 0, 0
@@ -139,6 +139,12 @@ class Trainer:
     print(f"Resumed from step {latest} (stage {meta['stage']}, data position "
           f"{meta['data_position']}).", flush=True)
     return params, opt_state, int(meta["step"]), int(meta["data_position"])
+
+  def init_opt_state(self, params: Any) -> Any:
+    # The learning rate is a float32 leaf of the state from the start, so that setting it
+    # every step never changes the jitted step's input types (no recompilation).
+    opt_state = step_lib.replicate_unsharded(self.optimizer.init(params), self.c.mesh)
+    return step_lib.set_learning_rate(opt_state, self.config.optim.lr, self.c.mesh)
 
   def base_key(self) -> jax.Array:
     return jax.random.key(self.config.seed)
@@ -214,14 +220,14 @@ class Trainer:
         previous = plan_lib.block_at(self.blocks, step - 1).stage
         if previous == "sft" and stage != "sft":
           self._save_model("base", params)
-          opt_state = self.optimizer.init(params)  # RL starts with fresh Adam moments
+          opt_state = self.init_opt_state(params)  # RL starts with fresh Adam moments
         if previous == "stage1" and stage == "stage2":
           self._save_model("stage1", params)
       if stage != "sft" and ref_stage != stage:
         ref, ref_stage = _copy(self.reference(stage, params)), stage
       peak = self.config.optim.sft_lr if stage == "sft" else self.config.optim.lr
       lr = step_lib.learning_rate(self.config.optim, peak, step - block.start, block.steps)
-      opt_state = step_lib.set_learning_rate(opt_state, lr)
+      opt_state = step_lib.set_learning_rate(opt_state, lr, self.c.mesh)
       t0 = time.perf_counter()
       step_key = jax.random.fold_in(key, step)
       if stage == "sft":
@@ -229,7 +235,8 @@ class Trainer:
       else:
         episode, stats = self.rl_batch(stage, params, ref, data, step_key)
       t_rollout = time.perf_counter() - t0
-      batch = mesh_lib.put_batch(step_lib.episode_batch(episode), self.c.mesh)
+      batch = {k: mesh_lib.put_batch(v, self.c.mesh)
+               for k, v in step_lib.episode_batch(episode).items()}
       params, opt_state, out = self.step_fn(stage)(params, opt_state, ref if ref is not None
                                                    else params, batch)
       out = {k: float(v) for k, v in jax.device_get(out).items()}

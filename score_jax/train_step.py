@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import losses
 from score_jax import model as model_lib
@@ -58,9 +59,22 @@ def learning_rate(optim_cfg: Mapping[str, Any], peak: float, step: int, steps: i
   raise ValueError(f"config.optim.schedule={schedule!r} not in ('constant', 'cosine', 'linear')")
 
 
-def set_learning_rate(opt_state: Any, lr: float) -> Any:
-  opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+def set_learning_rate(opt_state: Any, lr: float, mesh: jax.sharding.Mesh | None = None) -> Any:
+  """Sets the learning rate leaf (float32, replicated on `mesh`) of an injected optimiser."""
+  value = np.float32(lr)
+  opt_state.hyperparams["learning_rate"] = (
+      jax.device_put(value, NamedSharding(mesh, P())) if mesh is not None else jnp.asarray(value))
   return opt_state
+
+
+def replicate_unsharded(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Puts leaves not already laid out on `mesh` (step counters, scalars) replicated on it,
+  so that a step's inputs have the shardings its outputs will have: no recompilation."""
+  def place(x):
+    if isinstance(getattr(x, "sharding", None), NamedSharding) and x.sharding.mesh == mesh:
+      return x
+    return jax.device_put(x, NamedSharding(mesh, P()))
+  return jax.tree.map(place, tree)
 
 
 def _split_micro(batch: Batch, micro_batches: int) -> Batch:
