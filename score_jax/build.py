@@ -66,7 +66,8 @@ def build(config: ml_collections.ConfigDict, *, with_params: bool = True) -> Com
   task = registry.make_task(task_cfg)
   if config.init.checkpoint:
     from score_jax import api  # pylint: disable=import-outside-toplevel
-    lm = api.load(config.init.checkpoint, dtype=config.model.dtype, mesh=mesh)
+    lm = api.load(config.init.checkpoint, dtype=config.model.param_dtype,
+                  compute_dtype=config.model.dtype, mesh=mesh)
     model_config = lm.config
     tokenizer = lm.tokenizer if config.tokenizer.kind == "auto" else _tokenizer(config, task)
     graphdef, params = lm.graphdef, lm.params
