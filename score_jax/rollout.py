@@ -187,3 +187,18 @@ def demonstration_episode(two_turn: TwoTurnSampler, problems: Sequence[base.Prob
       r2_B=np.asarray(two_turn.task.rewards(problems, attempts2), np.float32),
       sampler_logprobs_BT=np.zeros((len(problems), lengths.total), np.float32),
   )
+
+
+def concat_results(results: Sequence[RolloutResult]) -> RolloutResult:
+  """Stacks rollout results row-wise (same lengths)."""
+  episode = Episode(*[np.concatenate(fields, axis=0)
+                      for fields in zip(*(r.episode for r in results))])
+  return RolloutResult(episode, [p for r in results for p in r.problems],
+                       [y for r in results for y in r.y1], [y for r in results for y in r.y2],
+                       sum(r.truncated_prompts for r in results))
+
+
+def without_turn1_training(result: RolloutResult) -> RolloutResult:
+  """The same rollouts with no y1 token trained (first attempts from another policy)."""
+  episode = result.episode._replace(turn1_mask_BT=np.zeros_like(result.episode.turn1_mask_BT))
+  return dataclasses.replace(result, episode=episode)

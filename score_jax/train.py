@@ -28,6 +28,7 @@ from score_jax import losses
 from score_jax import mesh as mesh_lib
 from score_jax import metrics as metrics_lib
 from score_jax import plan as plan_lib
+from score_jax import rollout as rollout_lib
 from score_jax import sampler as sampler_lib
 from score_jax import train_step as step_lib
 from score_jax.tasks import base as task_base
@@ -164,6 +165,12 @@ class Trainer:
       return ref
     return self.c.base_params
 
+  def base_policy(self, like: Any) -> Any:
+    """The base model's weights (for offline first attempts), loaded once."""
+    if not hasattr(self, "_base_policy"):
+      self._base_policy = self.reference("stage1", like)
+    return self._base_policy
+
   def step_fn(self, stage: str):
     if stage not in self._steps:
       micro = int(self.config.train.micro_batches)
@@ -183,14 +190,29 @@ class Trainer:
                        f"has none. Start from a checkpoint (config.init.checkpoint) instead")
     attempts1 = [demo(p, rng) for p in problems]
     attempts2 = [demo(p, rng) for p in problems]
-    from score_jax import rollout as rollout_lib  # pylint: disable=import-outside-toplevel
     episode = rollout_lib.demonstration_episode(self.two_turn, problems, attempts1, attempts2)
     return episode, {}
 
   def rl_batch(self, stage: str, params: Any, ref: Any, data: DataStream, key: jax.Array):
     k = int(self.config.rollout.samples_per_prompt)
-    problems = [p for p in data.take(int(self.config.train.batch_size)) for _ in range(k)]
-    result = self.two_turn.rollout(params, params, problems, method=self.method, rng=key)
+    n_prompts = int(self.config.train.batch_size)
+    problems = [p for p in data.take(n_prompts) for _ in range(k)]
+    n_offline = 0
+    if stage == "stage2":
+      n_offline = int(round(float(self.config.rollout.offline_fraction) * n_prompts)) * k
+    if n_offline == 0:
+      result = self.two_turn.rollout(params, params, problems, method=self.method, rng=key)
+    else:
+      # "Offline prompts": first attempts from the base model, second attempts on-policy.
+      # The base model's y1 tokens are context only (off-policy): they are not trained.
+      key_off, key_on = jax.random.split(key)
+      offline = self.two_turn.rollout(self.base_policy(params), params, problems[:n_offline],
+                                      method=self.method, rng=key_off)
+      parts = [rollout_lib.without_turn1_training(offline)]
+      if n_offline < len(problems):
+        parts.append(self.two_turn.rollout(params, params, problems[n_offline:],
+                                           method=self.method, rng=key_on))
+      result = rollout_lib.concat_results(parts)
     ep = result.episode
     answers1 = [self.c.task.answer_key(y) for y in result.y1]
     answers2 = [self.c.task.answer_key(y) for y in result.y2]
