@@ -58,6 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Where the initial (base) weights come from.
   c.init = ml_collections.ConfigDict(dict(
       checkpoint="",                 # HF dir / Gemma Orbax dir; "" -> random init (+ sft stage)
+      params="",                     # a score_jax checkpoints dir (W/checkpoints): start from its
+                                     # latest params, e.g. a base model trained by another run
   ))
 
   # Tokenizer.
@@ -89,6 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
       top_p=1.0,                     # 1.0 = off
       samples_per_prompt=2,          # k rollouts per prompt (leave-one-out needs k >= 2)
       offline_fraction=0.0,          # Stage II: share of first attempts taken from the base model
+      star_right_right=True,         # STaR: also keep right -> right traces (the paper's D+)
   ))
 
   # SCoRe objective (paper Table 5 defaults for MATH).
@@ -105,11 +108,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Stage plan: which stages run, in order, and for how many steps.
   c.plan = ml_collections.ConfigDict(dict(
-      stages="stage1,stage2",        # comma list of sft | stage1 | stage2 | single_turn
+      stages="stage1,stage2",        # comma list of sft | stage1 | stage2 | single_turn | star | pair_sft
       sft_steps=0,                   # supervised warm-up on task demonstrations (base model)
       stage1_steps=4,                # Stage I steps
       stage2_steps=4,                # Stage II steps
       single_turn_steps=0,           # single-turn RL steps (baseline)
+      star_steps=0,                  # STaR steps (baseline: SFT on own successful corrections)
+      pair_sft_steps=0,              # Pair-SFT steps (baseline: wrong attempt + correct answer)
       interleave=0,                  # >0: alternate Stage I / II blocks of this many steps
   ))
 
@@ -152,5 +157,16 @@ def get_config() -> ml_collections.ConfigDict:
       max_turn2_tokens=16,           # max new tokens for y2
       poll_s=5.0,                    # how often the watcher looks for new checkpoints
       timeout_s=3600.0,              # stop watching after this long without a new checkpoint
+  ))
+  # Experiments (configs/demo.py, configs/paper_table.py): "" runs one training run instead.
+  c.experiment = ml_collections.ConfigDict(dict(
+      methods="",                    # comma list of base | star | pair_sft | single_turn_rl |
+                                     # no_stage1 | no_shaping | score
+      seeds="",                      # comma list of seeds ("" -> config.seed)
+      base_steps=0,                  # sft steps that build the base model
+      rl_steps=0,                    # RL steps of each RL method
+      stage1_fraction=0.5,           # share of rl_steps spent in Stage I (SCoRe and ablation)
+      sft_baseline_steps=0,          # steps of STaR / Pair-SFT
+      sft_baseline_lr=1e-4,          # learning rate of STaR / Pair-SFT
   ))
   return c

@@ -82,9 +82,22 @@ def build(config: ml_collections.ConfigDict, *, with_params: bool = True) -> Com
     else:
       graphdef, params = model_lib.abstract_params(model_config, seed=config.seed)
   chat = chat_lib.chat_format(config.chat_format, tokenizer=tokenizer)
+  if config.init.params and with_params:
+    params = load_params(config.init.params, params)
   tokenizer_lib.check_vocab_fits(tokenizer, model_config.vocab_size,
                                  source=config.tokenizer.path or f"{config.tokenizer.kind} tokenizer")
   return Components(config, mesh, task, tokenizer, chat, model_config, graphdef, params)
+
+
+def load_params(checkpoints_dir: str, like: Any) -> Any:
+  """Params of the latest checkpoint in a score_jax checkpoints dir, in `like`'s shardings."""
+  from score_jax import checkpoint as checkpoint_lib  # pylint: disable=import-outside-toplevel
+  reader = checkpoint_lib.Checkpointer(checkpoints_dir, read_only=True, keep_best=False)
+  step = reader.latest_step()
+  if step is None:
+    raise ValueError(f"config.init.params={checkpoints_dir!r} holds no finished checkpoint")
+  params, _, _ = reader.restore(step, like)
+  return params
 
 
 def _tokenizer(config: ml_collections.ConfigDict, task: task_base.Task):

@@ -1,6 +1,8 @@
 """Trains SCoRe: `python -m score_jax.main --config configs/tiny.py --workdir runs/tiny`.
 
-Runs the config's stage plan (e.g. sft -> Stage I -> Stage II), writing checkpoints to
+Runs the config's stage plan (e.g. sft -> Stage I -> Stage II), or, for configs with an
+`experiment` section (configs/demo.py, configs/paper_table.py), a whole experiment
+(score_jax.experiment). A training run writes checkpoints to
 `W/checkpoints/`, train metrics to `W/train/metrics.jsonl` and TensorBoard. Re-running the
 same command resumes from the latest checkpoint. Evaluate with `python -m
 score_jax.evaluate --config ... --workdir W` (a separate process, watching the checkpoints).
@@ -16,6 +18,12 @@ from score_jax import cli
 def main(argv: list[str] | None = None) -> dict:
   config, args = cli.parse(sys.argv[1:] if argv is None else argv, __doc__)
   cli.maybe_initialize_distributed(config)
+  if config.experiment.methods:
+    from score_jax import experiment  # pylint: disable=import-outside-toplevel
+    try:
+      return experiment.run(config, args.workdir)
+    except ValueError as e:
+      cli.die(str(e))
   from score_jax import train  # pylint: disable=import-outside-toplevel
   try:
     trainer = train.Trainer(config, args.workdir)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-STAGES = ("sft", "stage1", "stage2", "single_turn")
+STAGES = ("sft", "stage1", "stage2", "single_turn", "star", "pair_sft")
+SUPERVISED_STAGES = ("sft", "star", "pair_sft")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KL_MODES = ("loss", "reward")
 BASELINES = ("none", "batch_mean", "loo")

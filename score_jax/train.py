@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from score_jax import baselines
 from score_jax import build as build_lib
 from score_jax import checkpoint as checkpoint_lib
 from score_jax import config_lib
@@ -174,7 +175,7 @@ class Trainer:
   def step_fn(self, stage: str):
     if stage not in self._steps:
       micro = int(self.config.train.micro_batches)
-      if stage == "sft":
+      if stage in plan_lib.SUPERVISED_STAGES:
         self._steps[stage] = step_lib.make_sft_step(self.c.graphdef, self.optimizer, micro)
       else:
         self._steps[stage] = step_lib.make_rl_step(self.c.graphdef, self.optimizer,
@@ -192,6 +193,26 @@ class Trainer:
     attempts2 = [demo(p, rng) for p in problems]
     episode = rollout_lib.demonstration_episode(self.two_turn, problems, attempts1, attempts2)
     return episode, {}
+
+  def baseline_batch(self, stage: str, params: Any, data: DataStream, key: jax.Array):
+    """STaR / Pair-SFT data from the model's own samples (see score_jax.baselines)."""
+    k = int(self.config.rollout.samples_per_prompt)
+    problems = [p for p in data.take(int(self.config.train.batch_size)) for _ in range(k)]
+    if stage == "star":
+      result = self.two_turn.rollout(params, params, problems, method=self.method, rng=key)
+      episode, kept = baselines.star_episode(
+          result, include_right_right=bool(self.config.rollout.star_right_right))
+    else:
+      base = self.base_policy(params)
+      result = self.two_turn.rollout(base, base, problems, method=self.method, rng=key)
+      correct = getattr(self.c.task, "correct_answer", None)
+      if correct is None:
+        raise ValueError(f"pair_sft needs correct answers; task {self.c.task.name!r} has no "
+                         f"correct_answer(problem)")
+      episode, kept = baselines.pair_sft_episode(self.two_turn, result, correct)
+    ep = result.episode
+    return episode, {"reward_t1": float(ep.r1_B.mean()), "reward_t2": float(ep.r2_B.mean()),
+                     "kept_fraction": kept}
 
   def rl_batch(self, stage: str, params: Any, ref: Any, data: DataStream, key: jax.Array):
     k = int(self.config.rollout.samples_per_prompt)
@@ -245,7 +266,7 @@ class Trainer:
           opt_state = self.init_opt_state(params)  # RL starts with fresh Adam moments
         if previous == "stage1" and stage == "stage2":
           self._save_model("stage1", params)
-      if stage != "sft" and ref_stage != stage:
+      if stage not in plan_lib.SUPERVISED_STAGES and ref_stage != stage:
         ref, ref_stage = _copy(self.reference(stage, params)), stage
       peak = self.config.optim.sft_lr if stage == "sft" else self.config.optim.lr
       lr = step_lib.learning_rate(self.config.optim, peak, step - block.start, block.steps)
@@ -254,6 +275,8 @@ class Trainer:
       step_key = jax.random.fold_in(key, step)
       if stage == "sft":
         episode, stats = self.sft_batch(data, np.random.default_rng([self.config.seed, step]))
+      elif stage in plan_lib.SUPERVISED_STAGES:
+        episode, stats = self.baseline_batch(stage, params, data, step_key)
       else:
         episode, stats = self.rl_batch(stage, params, ref, data, step_key)
       t_rollout = time.perf_counter() - t0
@@ -278,7 +301,7 @@ class Trainer:
       meta = {"step": step + 1, "stage": stage, "data_position": data.position,
               "rng_key": np.asarray(jax.random.key_data(key)).tolist(),
               "config": config_lib.to_plain(self.config)}
-      reward = stats.get("reward_t2") if stage != "sft" else None
+      reward = stats.get("reward_t2")
       if not out["skipped"]:
         self.ckpt.save(step + 1, params, opt_state, meta, train_reward=reward,
                        force=(step + 1 == self.total))

@@ -1,0 +1,272 @@
+"""Autoregressive sampling: jitted prefill + `lax.while_loop` decode over a KV cache.
+
+  out = generate(graphdef, params, prompt_BT, prompt_valid_BT, max_new_tokens=256,
+                 method=TopP(0.95), rng=key, stop_ids=(eos,), pad_id=pad,
+                 max_cache_len=turn1_and_turn2_capacity)
+  out2 = generate(graphdef, params, extra_BT, extra_valid_BT, max_new_tokens=256,
+                  method=..., rng=key2, stop_ids=(eos,), pad_id=pad, cache=out.cache)
+
+The second call appends the turn-2 tokens (`x2 = [x, y1, instruction]` minus what the
+cache already holds: a left-padded chunk whose padding is marked invalid) to the
+turn-1 cache and continues from there; it donates (invalidates) `out.cache`.
+
+Log-probs: `logprobs_BS` is `log_softmax(raw logits)` at the sampled token, where the raw
+logits are the model's output (after the final softcap) at temperature 1 with no
+top-k / top-p filtering, i.e. log pi(y_t | context): the policy log-prob that RL needs,
+whatever sampling method drew the token.
+
+Each prompt row must end its chunk with a valid token (left padding; right padding is
+also fine because the last *valid* position is used); a row with no valid token in its
+chunk samples from unspecified logits. One compiled program per (graphdef, method,
+max_new_tokens, stop_ids, pad_id, shapes): bucket prompt lengths to avoid recompiles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from score_jax import mesh as mesh_lib
+from score_jax.model import KVCache, init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class Greedy:
+  """Argmax decoding (temperature 0)."""
+
+  def apply(self, logits_BV: jax.Array) -> jax.Array:
+    """Keeps only the maximal logit(s); the rest become -inf."""
+    top_B1 = jnp.max(logits_BV, axis=-1, keepdims=True)
+    return jnp.where(logits_BV >= top_B1, logits_BV, -jnp.inf)
+
+  def sample(self, rng: jax.Array, logits_BV: jax.Array) -> jax.Array:
+    del rng
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stochastic:
+  """Shared sampling: a categorical draw from `apply(logits)`."""
+
+  def apply(self, logits_BV: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+  def sample(self, rng: jax.Array, logits_BV: jax.Array) -> jax.Array:
+    logits_BV = self.apply(logits_BV.astype(jnp.float32))
+    return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+
+
+def _check_temperature(t: float, name: str):
+  if not t > 0:
+    raise ValueError(f"{name}: temperature t={t} must be > 0 (use Greedy() for t=0)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Temperature(_Stochastic):
+  """Samples from softmax(logits / t)."""
+  t: float = 1.0
+
+  def __post_init__(self):
+    _check_temperature(self.t, "Temperature")
+
+  def apply(self, logits_BV: jax.Array) -> jax.Array:
+    return logits_BV / self.t
+
+
+@dataclasses.dataclass(frozen=True)
+class TopK(_Stochastic):
+  """Samples among the k largest logits of logits / t (ties at the k-th value kept)."""
+  k: int
+  t: float = 1.0
+
+  def __post_init__(self):
+    if self.k < 1:
+      raise ValueError(f"TopK: k={self.k} must be >= 1")
+    _check_temperature(self.t, "TopK")
+
+  def apply(self, logits_BV: jax.Array) -> jax.Array:
+    logits_BV = logits_BV / self.t
+    k = min(self.k, logits_BV.shape[-1])
+    kth_B1 = jax.lax.top_k(logits_BV, k)[0][..., -1:]
+    return jnp.where(logits_BV >= kth_B1, logits_BV, -jnp.inf)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopP(_Stochastic):
+  """Nucleus sampling: the smallest set of most likely tokens of softmax(logits / t)
+  whose total probability is >= p (ties at the threshold kept)."""
+  p: float
+  t: float = 1.0
+
+  def __post_init__(self):
+    if not 0 < self.p <= 1:
+      raise ValueError(f"TopP: p={self.p} must be in (0, 1]")
+    _check_temperature(self.t, "TopP")
+
+  def apply(self, logits_BV: jax.Array) -> jax.Array:
+    logits_BV = logits_BV / self.t
+    sorted_BV = -jnp.sort(-logits_BV, axis=-1)                   # descending
+    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV         # mass of better tokens
+    keep_BV = before_BV < self.p
+    keep_BV = keep_BV.at[..., 0].set(True)
+    threshold_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits_BV >= threshold_B1, logits_BV, -jnp.inf)
+
+
+Method = Greedy | Temperature | TopK | TopP
+
+
+@flax.struct.dataclass
+class SampleOutput:
+  """Result of `generate`.
+
+  Attributes:
+    tokens_BS: int32 new tokens; the stop token is the last valid one, pad_id after it.
+    logprobs_BS: float32 log pi(token | context) at temperature 1; 0.0 where not valid.
+    valid_BS: bool, generated and not after the stop token.
+    lengths_B: int32 number of valid new tokens (stop token included).
+    done_B: bool, the row stopped on a stop token.
+    cache: the KVCache after the call (prompt + all fed tokens), to continue from.
+  """
+  tokens_BS: jax.Array
+  logprobs_BS: jax.Array
+  valid_BS: jax.Array
+  lengths_B: jax.Array
+  done_B: jax.Array
+  cache: KVCache
+
+
+def _last_valid(x_BTD: jax.Array, valid_BT: jax.Array) -> jax.Array:
+  """x at the last valid position of each row -> [B, D]."""
+  T = valid_BT.shape[1]
+  last_B = T - 1 - jnp.argmax(valid_BT[:, ::-1], axis=1)
+  return jnp.take_along_axis(x_BTD, last_B[:, None, None], axis=1)[:, 0]
+
+
+def _generate_impl(graphdef, params, tokens_BT, valid_BT, max_new_B, rng, cache, *,
+                   max_new_tokens, method, stop_ids, pad_id, max_cache_len, mesh):
+  model = nnx.merge(graphdef, params)
+  B = tokens_BT.shape[0]
+  S = max_new_tokens
+  if cache is None:
+    cache = init_cache(model.config, B, max_cache_len, mesh=mesh)
+  x_BTD, cache = model.hidden(tokens_BT, valid_BT, cache)
+  logits_BV = model.logits(_last_valid(x_BTD, valid_BT))
+  stops = jnp.asarray(stop_ids, jnp.int32)
+
+  def cond(carry):
+    i, _, _, _, _, _, done_B = carry
+    finished_B = done_B | (i >= max_new_B)
+    return (i < S) & ~jnp.all(finished_B)
+
+  def body(carry):
+    i, cache, logits_BV, tokens_BS, logprobs_BS, valid_BS, done_B = carry
+    active_B = ~done_B & (i < max_new_B)
+    token_B = method.sample(jax.random.fold_in(rng, i), logits_BV)
+    logprob_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BV, axis=-1),
+                                    token_B[:, None], axis=-1)[:, 0]
+    token_B = jnp.where(active_B, token_B, pad_id).astype(jnp.int32)
+    tokens_BS = jax.lax.dynamic_update_slice(tokens_BS, token_B[:, None], (0, i))
+    logprobs_BS = jax.lax.dynamic_update_slice(
+        logprobs_BS, jnp.where(active_B, logprob_B, 0.0)[:, None], (0, i))
+    valid_BS = jax.lax.dynamic_update_slice(valid_BS, active_B[:, None], (0, i))
+    if stop_ids:
+      done_B = done_B | (active_B & jnp.any(token_B[:, None] == stops[None, :], axis=1))
+    step = nnx.merge(graphdef, params)
+    x_B1D, cache = step.hidden(token_B[:, None], active_B[:, None], cache)
+    logits_BV = step.logits(x_B1D[:, 0])
+    return i + 1, cache, logits_BV, tokens_BS, logprobs_BS, valid_BS, done_B
+
+  carry = (jnp.zeros((), jnp.int32), cache, logits_BV,
+           jnp.full((B, S), pad_id, jnp.int32), jnp.zeros((B, S), jnp.float32),
+           jnp.zeros((B, S), bool), jnp.zeros((B,), bool))
+  _, cache, _, tokens_BS, logprobs_BS, valid_BS, done_B = jax.lax.while_loop(
+      cond, body, carry)
+  return SampleOutput(tokens_BS=tokens_BS, logprobs_BS=logprobs_BS, valid_BS=valid_BS,
+                      lengths_B=valid_BS.sum(axis=1).astype(jnp.int32), done_B=done_B,
+                      cache=cache)
+
+
+_generate_jit = jax.jit(
+    _generate_impl,
+    static_argnames=("graphdef", "max_new_tokens", "method", "stop_ids", "pad_id",
+                     "max_cache_len", "mesh"),
+    donate_argnames=("cache",))
+
+
+def generate(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: Any, valid_BT: Any, *,
+             max_new_tokens: int, method: Method, rng: jax.Array | None = None,
+             stop_ids: Sequence[int] | np.ndarray = (), pad_id: int = 0,
+             cache: KVCache | None = None, max_cache_len: int | None = None,
+             max_new_tokens_B: Any = None, mesh: jax.sharding.Mesh | None = None
+             ) -> SampleOutput:
+  """Samples up to `max_new_tokens` tokens per row after the chunk `tokens_BT`.
+
+  Args:
+    graphdef, params: the model (`score_jax.model.init_params` or an importer).
+    tokens_BT, valid_BT: the chunk to append (prompt, or the turn-2 extra tokens);
+      invalid tokens are padding (not attended to, no position).
+    max_new_tokens: static decode budget S (the output width).
+    method: Greedy() | Temperature(t) | TopK(k, t) | TopP(p, t).
+    rng: PRNG key (default key 0; fold_in(rng, step) is used at each step).
+    stop_ids: token ids that end a row (kept as its last valid token).
+    pad_id: token written after a row ended.
+    cache: continue this cache (it is donated: do not reuse it after the call);
+      None starts a fresh cache of `max_cache_len` slots.
+    max_cache_len: capacity of a fresh cache (default T + max_new_tokens); make it
+      cover every later continuation too.
+    max_new_tokens_B: optional int per-row limits (<= max_new_tokens).
+    mesh: mesh to run on (default: the mesh the params are sharded on, if any).
+
+  Returns:
+    SampleOutput (see its docstring); logprobs are temperature-1, unfiltered.
+  """
+  B, T = np.shape(tokens_BT)
+  if np.shape(valid_BT) != (B, T):
+    raise ValueError(f"valid_BT shape {np.shape(valid_BT)} != tokens_BT shape {(B, T)}")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+  stop_ids = tuple(int(s) for s in np.asarray(stop_ids, dtype=np.int64).reshape(-1))
+  mesh = mesh if mesh is not None else mesh_lib.mesh_of(params)
+  if cache is None:
+    max_cache_len = max_cache_len or T + max_new_tokens
+    if max_cache_len < T + max_new_tokens:
+      raise ValueError(f"max_cache_len={max_cache_len} < prompt length {T} + "
+                       f"max_new_tokens {max_new_tokens}")
+  else:
+    if max_cache_len not in (None, cache.max_len):
+      raise ValueError(f"max_cache_len={max_cache_len} given with a cache of "
+                       f"{cache.max_len} slots; leave it None when continuing a cache")
+    max_cache_len = None
+    if not isinstance(cache.index, jax.core.Tracer):
+      need = int(cache.index) + T + max_new_tokens
+      if need > cache.max_len:
+        raise ValueError(
+            f"cache too small: {int(cache.index)} slots used + chunk {T} + max_new_tokens "
+            f"{max_new_tokens} = {need} > capacity {cache.max_len}; pass a larger "
+            "max_cache_len to the first generate call")
+    if cache.batch != B:
+      raise ValueError(f"cache batch {cache.batch} != tokens batch {B}")
+  if max_new_tokens_B is None:
+    max_new_B = np.full((B,), max_new_tokens, np.int32)
+  else:
+    max_new_B = np.minimum(np.asarray(max_new_tokens_B, np.int32), max_new_tokens)
+    if max_new_B.shape != (B,):
+      raise ValueError(f"max_new_tokens_B shape {max_new_B.shape} != ({B},)")
+  rng = jax.random.key(0) if rng is None else rng
+  tokens_BT = mesh_lib.put_batch(jnp.asarray(tokens_BT, jnp.int32), mesh)
+  valid_BT = mesh_lib.put_batch(jnp.asarray(valid_BT, bool), mesh)
+  max_new_B = mesh_lib.put_batch(jnp.asarray(max_new_B), mesh)
+  ctx = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+  with ctx:
+    return _generate_jit(graphdef, params, tokens_BT, valid_BT, max_new_B, rng, cache,
+                         max_new_tokens=max_new_tokens, method=method, stop_ids=stop_ids,
+                         pad_id=int(pad_id), max_cache_len=max_cache_len, mesh=mesh)
