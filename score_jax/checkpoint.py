@@ -13,6 +13,8 @@ checkpoints by highest training reward).
 from __future__ import annotations
 
 import pathlib
+
+from etils import epath
 import time
 from typing import Any, Iterator
 
@@ -21,6 +23,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 _REWARD_KEY = "train_reward"
+
+
+def as_path(path: str | pathlib.Path) -> epath.Path:
+  """A local or cloud (gs://) path; local paths are made absolute."""
+  p = epath.Path(path)
+  return p if "://" in str(path) else epath.Path(pathlib.Path(path).absolute())
 
 
 def abstract_tree(tree: Any) -> Any:
@@ -36,7 +44,7 @@ class Checkpointer:
 
   def __init__(self, directory: str | pathlib.Path, *, every: int = 1, keep: int = 2,
                keep_best: bool = True, async_save: bool = True, read_only: bool = False):
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = as_path(directory)
     policies = [ocp.checkpoint_managers.LatestN(n=max(int(keep), 1))]
     if keep_best:
       policies.append(ocp.checkpoint_managers.BestN(

@@ -68,7 +68,7 @@ def eval_problems(c: build_lib.Components) -> list[task_base.Problem]:
 
 def run(config, workdir: str | pathlib.Path, *, once: bool = False) -> list[dict[str, Any]]:
   """Evaluates checkpoints of `workdir` (see module docstring); returns the new lines."""
-  workdir = pathlib.Path(workdir)
+  workdir = checkpoint_lib.as_path(workdir)
   c = build_lib.build(config)
   problems = eval_problems(c)
   writer = metrics_lib.MetricWriter(workdir / "eval" / "metrics.jsonl",

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+
+from etils import epath
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -66,8 +68,11 @@ class MetricWriter:
   """
 
   def __init__(self, path: str | pathlib.Path, tensorboard_dir: str | pathlib.Path | None = None):
-    self.path = pathlib.Path(path)
+    self.path = epath.Path(path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    # Object stores (gs://) cannot append: keep the lines and rewrite the file.
+    self._lines = ([] if "://" not in str(path) else
+                   [json.dumps(r) for r in read_jsonl(path)])
     self._tb = None
     if tensorboard_dir is not None:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
@@ -75,8 +80,13 @@ class MetricWriter:
 
   def write(self, step: int, values: Mapping[str, Any]) -> None:
     record = {"step": int(step), **{k: _plain(v) for k, v in values.items()}}
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    line = json.dumps(record)
+    if "://" in str(self.path):
+      self._lines.append(line)
+      self.path.write_text("".join(x + "\n" for x in self._lines))
+    else:
+      with self.path.open("a") as f:
+        f.write(line + "\n")
     if self._tb is not None:
       for k, v in record.items():
         if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
@@ -98,7 +108,7 @@ def _plain(v: Any) -> Any:
 
 def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
   """Reads a metrics file written by MetricWriter."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -162,7 +162,11 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_BT: jax.Array, valid_BT: jax.Array,
                cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-    """Returns float32 logits_BTV and the updated cache (None without a cache)."""
+    """Returns float32 logits_BTV and the updated cache (None without a cache).
+
+    With a cache, the chunk must fit: index + T <= max_len (checked when the index is
+    concrete; under jit an overflowing write would be clamped by dynamic_update_slice).
+    """
     x_BTD, cache = self.hidden(tokens_BT, valid_BT, cache)
     return self.logits(x_BTD), cache
 
@@ -183,6 +187,9 @@ class Transformer(nnx.Module):
       if cache.batch != B:
         raise ValueError(f"cache batch {cache.batch} != tokens batch {B}")
       index = cache.index
+      if not isinstance(index, jax.core.Tracer) and int(index) + T > cache.max_len:
+        raise ValueError(f"KVCache full: {int(index)} slots used + chunk of {T} > "
+                         f"max_len {cache.max_len}; make the cache larger (init_cache)")
       positions_BT = jnp.maximum(cache.pos_B[:, None] + count_BT - 1, 0)
       key_valid_BS = jax.lax.dynamic_update_slice(cache.valid_BS, valid_BT, (0, index))
       key_pos_BS = jax.lax.dynamic_update_slice(cache.positions_BS, positions_BT,

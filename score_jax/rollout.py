@@ -59,6 +59,14 @@ class RolloutResult:
   truncated_prompts: int         # prompts cut from the left to fit P
 
 
+def to_host(x: Any) -> np.ndarray:
+  """A global array as numpy on every process (gathers shards other processes hold)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 def left_pad(seqs: Sequence[Sequence[int]], length: int, pad_id: int
              ) -> tuple[np.ndarray, np.ndarray, int]:
   """Left-pads (and left-truncates) id lists to `length`; returns tokens, valid, #truncated."""
@@ -117,9 +125,9 @@ class TwoTurnSampler:
         self.graphdef, params1, prompt_BP, prompt_valid_BP, max_new_tokens=lengths.turn1,
         method=method, rng=rng1, stop_ids=self.stop_ids, pad_id=self.pad_id,
         max_cache_len=lengths.total)
-    tok1 = np.asarray(out1.tokens_BS)
-    val1 = np.asarray(out1.valid_BS)
-    done1 = np.asarray(out1.done_B)
+    tok1 = to_host(out1.tokens_BS)
+    val1 = to_host(out1.valid_BS)
+    done1 = to_host(out1.done_B)
     extra_BI, extra_valid_BI = self.extra_chunk(done1)
     cache = out1.cache
     if params2 is not params1:
@@ -132,8 +140,8 @@ class TwoTurnSampler:
         method=method, rng=rng2, stop_ids=self.stop_ids, pad_id=self.pad_id, cache=cache,
         max_cache_len=lengths.total)
     extra_BI, extra_valid_BI = self.extra_chunk(done1)
-    tok2 = np.asarray(out2.tokens_BS)
-    val2 = np.asarray(out2.valid_BS)
+    tok2 = to_host(out2.tokens_BS)
+    val2 = to_host(out2.valid_BS)
     y1, y2 = self.decode(tok1, val1), self.decode(tok2, val2)
     r1 = np.asarray(self.task.rewards(problems, y1), np.float32)
     r2 = np.asarray(self.task.rewards(problems, y2), np.float32)
@@ -147,8 +155,8 @@ class TwoTurnSampler:
             [zeros(prompt_BP), zeros(tok1), zeros(extra_BI), val2], axis=1),
         r1_B=r1, r2_B=r2,
         sampler_logprobs_BT=np.concatenate(
-            [np.zeros(prompt_BP.shape, np.float32), np.asarray(out1.logprobs_BS, np.float32),
-             np.zeros(extra_BI.shape, np.float32), np.asarray(out2.logprobs_BS, np.float32)],
+            [np.zeros(prompt_BP.shape, np.float32), to_host(out1.logprobs_BS).astype(np.float32),
+             np.zeros(extra_BI.shape, np.float32), to_host(out2.logprobs_BS).astype(np.float32)],
             axis=1),
     )
     return RolloutResult(episode, list(problems), y1, y2, truncated)

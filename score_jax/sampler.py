@@ -153,6 +153,12 @@ def _last_valid(x_BTD: jax.Array, valid_BT: jax.Array) -> jax.Array:
 
 def _generate_impl(graphdef, params, tokens_BT, valid_BT, max_new_B, rng, cache, *,
                    max_new_tokens, method, stop_ids, pad_id, max_cache_len, mesh):
+  dtype = jnp.dtype(nnx.merge(graphdef, params).config.dtype)
+  # Matrices in the compute dtype once, not at every step: the same values the model
+  # would cast them to at use (decode is memory-bound); 1-D norm scales stay as stored.
+  params = jax.tree.map(
+      lambda x: x.astype(dtype) if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating)
+      else x, params)
   model = nnx.merge(graphdef, params)
   B = tokens_BT.shape[0]
   S = max_new_tokens

@@ -88,9 +88,10 @@ class Trainer:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     plan_lib.validate(config)
-    self.config, self.workdir = config, pathlib.Path(workdir)
+    self.config, self.workdir = config, checkpoint_lib.as_path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
-    (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if jax.process_index() == 0:
+      (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     self.c = build_lib.build(config)
     self.blocks = plan_lib.build_plan(config.plan)
     self.total = plan_lib.total_steps(self.blocks)
