@@ -1,0 +1,56 @@
+"""Orbax checkpoints: retention (last K + best by training reward), restore into another
+mesh's shardings, and readers that never see a half-written step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from score_jax import checkpoint as checkpoint_lib
+
+
+def _tree(mesh, spec):
+  x = jnp.arange(64, dtype=jnp.float32).reshape(8, 8)
+  return {"w": jax.device_put(x, NamedSharding(mesh, spec)), "b": jnp.ones((3,), jnp.float32)}
+
+
+def test_keeps_last_k_and_best(tmp_path):
+  mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
+  params = _tree(mesh, P("fsdp"))
+  ckpt = checkpoint_lib.Checkpointer(tmp_path / "c", every=1, keep=2, keep_best=True,
+                                     async_save=False)
+  for step, reward in zip(range(1, 7), [0.1, 0.9, 0.3, 0.2, 0.4, 0.5]):
+    ckpt.save(step, params, None, {"step": step}, train_reward=reward)
+  ckpt.close()
+  reader = checkpoint_lib.Checkpointer(tmp_path / "c", read_only=True)
+  assert sorted(reader.all_steps()) == [2, 5, 6]  # best (0.9 at step 2) + last two
+
+
+def test_restore_into_another_mesh(tmp_path):
+  mesh8 = jax.make_mesh((8,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
+  saved = _tree(mesh8, P("fsdp"))
+  ckpt = checkpoint_lib.Checkpointer(tmp_path / "c", async_save=True)
+  ckpt.save(1, saved, {"count": jnp.zeros((), jnp.int32)}, {"step": 1, "stage": "stage1"},
+            force=True)
+  ckpt.close()
+  mesh222 = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  target = _tree(mesh222, P("tensor", "fsdp"))
+  params, opt_state, meta = checkpoint_lib.Checkpointer(tmp_path / "c").restore(
+      1, target, {"count": jnp.ones((), jnp.int32)})
+  assert meta == {"step": 1, "stage": "stage1"}
+  assert params["w"].sharding == target["w"].sharding
+  np.testing.assert_array_equal(np.asarray(params["w"]), np.asarray(saved["w"]))
+  assert int(opt_state["count"]) == 0
+
+
+def test_reader_ignores_unfinished_steps(tmp_path):
+  directory = tmp_path / "c"
+  ckpt = checkpoint_lib.Checkpointer(directory, async_save=False)
+  ckpt.save(3, {"w": jnp.ones((2,))}, None, {"step": 3}, force=True)
+  ckpt.close()
+  # What an interrupted write leaves behind: a temporary directory of a later step.
+  (directory / "7.orbax-checkpoint-tmp-1234567").mkdir()
+  reader = checkpoint_lib.Checkpointer(directory, read_only=True)
+  assert reader.all_steps() == [3] and reader.latest_step() == 3
+  assert list(checkpoint_lib.follow(directory, poll_s=0.01, timeout_s=0.2)) == [3]
