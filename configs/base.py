@@ -78,6 +78,11 @@ def get_config() -> ml_collections.ConfigDict:
       eval_limit=0,                  # evaluate on the first N problems (0 = all)
       workers=2,                     # grader / sandbox worker processes
       timeout_s=10.0,                # per-item grading / execution wall-clock limit
+      # Synthetic tasks only (toy, sorting):
+      min_len=5,                     # shortest word
+      max_len=8,                     # longest word
+      error_rate=0.3,                # the demonstrations' random-error rate
+      blind_spot_rate=0.0,           # sorting: rate of the solver's systematic mistake
   ))
 
   # Two-turn rollouts.

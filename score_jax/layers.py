@@ -70,7 +70,7 @@ class Proj(nnx.Module):
     self.kernel = _param(kernel.astype(pdtype), names)
     if bias_names is not None:
       out_axes = eqn.split("->")[1][2:]          # drop the B, T axes of the output
-      lhs, rhs = eqn.split("->")[0].split(",")
+      _, rhs = eqn.split("->")[0].split(",")
       shape = tuple(kernel_shape[rhs.index(a)] for a in out_axes)
       self.bias = _param(jnp.zeros(shape, pdtype), bias_names)
     else:

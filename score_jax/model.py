@@ -56,6 +56,8 @@ then reshape the out dim to (N, H) / (K, H); o_proj: transpose to [N*H, D] -> [N
   Gemma 2/3: post_attention_layernorm -> post_attn_norm, pre_feedforward_layernorm ->
   pre_ffw_norm, post_feedforward_layernorm -> post_ffw_norm. Gemma norms are stored as
   HF stores them (w, applied as x * (1 + w), norm_style="gemma_rms").
+This mapping is checked against transformers' Llama/Qwen2/Gemma/Gemma2/Gemma3 logits in
+tests/test_model.py::test_logits_match_transformers (`_params_from_hf` there).
 """
 
 from __future__ import annotations

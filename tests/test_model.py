@@ -1,6 +1,7 @@
 """Tests of score_jax.model / score_jax.layers: cached decode == full forward, exact
-masking (causal, padding, sliding window through depth), padding invariance, and hand
-checks of the numeric features (RMSNorm, RoPE, softcaps, sqrt(D) scaling, remat)."""
+masking (causal, padding, sliding window through depth), padding invariance, hand
+checks of the numeric features (RMSNorm, RoPE, softcaps, sqrt(D) scaling, remat), and
+logits parity with `transformers` for every family through the documented HF mapping."""
 
 import functools
 import math
@@ -286,3 +287,104 @@ def test_param_tree_layout():
   assert gemma3["layers"][2]["attn"]["q_norm"]["scale"].shape == (8,)
   assert gemma3["layers"][2]["post_ffw_norm"]["scale"].shape == (32,)
   assert "lm_head" not in gemma3
+
+
+# --- Parity with the reference PyTorch implementation (transformers) ----------------------
+
+def _hf_model(family):
+  """A tiny random transformers model matching tiny(family), with O(1) norm weights and
+  biases and sharpened q/k so that RoPE and masks visibly matter."""
+  torch = pytest.importorskip("torch")
+  tf = pytest.importorskip("transformers")
+  torch.manual_seed(0)
+  common = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8, attn_implementation="eager")
+  gemma = dict(hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6)
+  if family == "llama":
+    hf = tf.LlamaForCausalLM(tf.LlamaConfig(
+        num_hidden_layers=2, rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
+        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                          high_freq_factor=4.0, original_max_position_embeddings=64),
+        **common))
+  elif family == "qwen2":
+    common.pop("head_dim")
+    hf = tf.Qwen2ForCausalLM(tf.Qwen2Config(num_hidden_layers=2, rms_norm_eps=1e-6,
+                                            rope_theta=1e6, tie_word_embeddings=True, **common))
+  elif family == "gemma":
+    common["num_key_value_heads"] = 1
+    hf = tf.GemmaForCausalLM(tf.GemmaConfig(num_hidden_layers=2, **gemma, **common))
+  elif family == "gemma2":
+    hf = tf.Gemma2ForCausalLM(tf.Gemma2Config(
+        num_hidden_layers=2, query_pre_attn_scalar=8, sliding_window=4,
+        attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+        layer_types=["sliding_attention", "full_attention"], **gemma, **common))
+  else:
+    hf = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(
+        num_hidden_layers=3, query_pre_attn_scalar=8, sliding_window=4, rope_theta=1e6,
+        rope_local_base_freq=10000.0, rope_scaling=dict(rope_type="linear", factor=8.0),
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        **gemma, **common))
+  with torch.no_grad():
+    for name, p in hf.named_parameters():
+      if p.ndim == 1:
+        p.add_(torch.randn_like(p) * 0.5)
+      if "q_proj.weight" in name or "k_proj.weight" in name:
+        p.mul_(30)
+  return hf.eval()
+
+
+def _params_from_hf(config, state_dict):
+  """HF names -> our param tree (the mapping documented in score_jax/model.py)."""
+  N, K, H, D = config.num_heads, config.num_kv_heads, config.head_dim, config.embed_dim
+  get = lambda k: state_dict[k].float().numpy()
+  flat = {("embedder", "embedding"): get("model.embed_tokens.weight"),
+          ("final_norm", "scale"): get("model.norm.weight")}
+  if not config.tie_embeddings:
+    flat[("lm_head", "kernel")] = get("lm_head.weight").T
+  for i in range(config.num_layers):
+    hf, ours = f"model.layers.{i}.", ("layers", i)
+    for n, heads in (("q", N), ("k", K), ("v", K)):
+      flat[ours + ("attn", f"{n}_proj", "kernel")] = (
+          get(hf + f"self_attn.{n}_proj.weight").T.reshape(D, heads, H))
+      if config.qkv_bias:
+        flat[ours + ("attn", f"{n}_proj", "bias")] = (
+            get(hf + f"self_attn.{n}_proj.bias").reshape(heads, H))
+    flat[ours + ("attn", "o_proj", "kernel")] = (
+        get(hf + "self_attn.o_proj.weight").T.reshape(N, H, D))
+    if config.qk_norm:
+      flat[ours + ("attn", "q_norm", "scale")] = get(hf + "self_attn.q_norm.weight")
+      flat[ours + ("attn", "k_norm", "scale")] = get(hf + "self_attn.k_norm.weight")
+    flat[ours + ("pre_attn_norm", "scale")] = get(hf + "input_layernorm.weight")
+    if config.post_norms:
+      flat[ours + ("post_attn_norm", "scale")] = get(hf + "post_attention_layernorm.weight")
+      flat[ours + ("pre_ffw_norm", "scale")] = get(hf + "pre_feedforward_layernorm.weight")
+      flat[ours + ("post_ffw_norm", "scale")] = get(hf + "post_feedforward_layernorm.weight")
+    else:
+      flat[ours + ("pre_ffw_norm", "scale")] = get(hf + "post_attention_layernorm.weight")
+    for n in ("gate_proj", "up_proj", "down_proj"):
+      flat[ours + ("mlp", n, "kernel")] = get(hf + f"mlp.{n}.weight").T
+
+  def fill(path, leaf):
+    key = tuple(getattr(p, "key", getattr(p, "name", None)) for p in path)[:-1]  # drop .value
+    value = flat.pop(key)
+    assert value.shape == leaf.shape, (key, value.shape, leaf.shape)
+    return jnp.asarray(value)
+
+  _, abstract = M.abstract_params(config)
+  params = jax.tree_util.tree_map_with_path(fill, abstract)
+  assert not flat, f"unused HF weights: {sorted(flat)}"
+  return params
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_transformers(family):
+  torch = pytest.importorskip("torch")
+  config = tiny(family)
+  hf = _hf_model(family)
+  params = _params_from_hf(config, hf.state_dict())
+  graphdef, _ = M.abstract_params(config)
+  tokens = np.random.default_rng(0).integers(0, config.vocab_size, (2, 11))
+  with torch.no_grad():
+    want = hf(torch.as_tensor(tokens)).logits.float().numpy()
+  got, _ = _forward(graphdef, params, jnp.asarray(tokens), np.ones((2, 11), bool))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -163,6 +163,21 @@ def test_turn2_continuation_equals_generation_from_scratch():
   np.testing.assert_array_equal(turn2.cache.pos_B, full_valid.sum(1) + STEPS)
 
 
+def test_bfloat16_generate_logprobs_match_full_forward():
+  config, graphdef, params = make("gemma3")
+  graphdef_bf16, _ = M.abstract_params(config.replace(dtype="bfloat16"))
+  tokens, valid = prompts()
+  out = S.generate(graphdef_bf16, params, tokens, valid, max_new_tokens=STEPS,
+                   method=S.Temperature(1.0), rng=jax.random.key(1), pad_id=PAD)
+  assert out.cache.k_BSKH[0].dtype == jnp.bfloat16 and out.logprobs_BS.dtype == jnp.float32
+  seq = np.concatenate([tokens, out.tokens_BS], 1)
+  seq_valid = np.concatenate([valid, out.valid_BS], 1)
+  logp = full_logprobs(graphdef, params, seq, seq_valid)[:, T - 1:-1]      # float32 model
+  picked = np.take_along_axis(logp, np.asarray(out.tokens_BS)[..., None], -1)[..., 0]
+  np.testing.assert_allclose(out.logprobs_BS, picked, atol=0.25)
+  assert np.abs(np.asarray(out.logprobs_BS) - picked).mean() < 0.05
+
+
 def test_generate_rejects_a_too_small_cache():
   _, graphdef, params = make()
   tokens, valid = prompts()

@@ -107,7 +107,7 @@ def test_same_logits_on_one_device_and_on_mesh(family):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", pytest.param("gemma3", marks=pytest.mark.slow)])
 def test_same_greedy_tokens_on_one_device_and_on_mesh(family):
   config, graphdef, params = make(family)
   mesh = mesh222()

@@ -26,8 +26,11 @@ def make_task(task_cfg: Mapping[str, Any]) -> base.Task:
                      f"{sorted(TASKS)}")
   module_name, class_name = TASKS[name]
   cls = getattr(importlib.import_module(module_name), class_name)
-  if name in ("toy", "sorting"):
+  if name == "toy":
     return cls()
+  if name == "sorting":
+    return cls(**{k: task_cfg[k] for k in ("min_len", "max_len", "error_rate",
+                                           "blind_spot_rate")})
   kwargs = {"workers": task_cfg["workers"], "timeout_s": task_cfg["timeout_s"]}
   if name in ("math", "gsm8k"):
     kwargs = {"grader_workers": task_cfg["workers"], "timeout_s": task_cfg["timeout_s"]}

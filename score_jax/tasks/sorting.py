@@ -9,7 +9,10 @@ character-level model of well under 1M parameters learns the format in CPU-minut
 
 `demonstration` is a noisy solver (the "base policy" the base model imitates): with
 probability `error_rate` its answer has one adjacent pair swapped or one letter replaced.
-Two-turn demonstrations pair independent attempts, so a model fine-tuned on them starts
+With `blind_spot_rate` > 0 it also has a systematic blind spot: on odd-length words it swaps
+the last two letters with that probability, so a model imitating it is wrong on those
+words even when decoding greedily, in a way its own answer shows (the last pair is out
+of order). Two-turn demonstrations pair independent attempts, so a model fine-tuned on them starts
 with no self-correction skill.
 """
 
@@ -32,7 +35,8 @@ class SortingTask(base.Task):
   turn2_instruction = "Check and fix."
 
   def __init__(self, *, num_train: int = 20000, num_test: int = 500, min_len: int = 5,
-               max_len: int = 8, letters: int = 16, error_rate: float = 0.3, **unused):
+               max_len: int = 8, letters: int = 16, error_rate: float = 0.3,
+               blind_spot_rate: float = 0.0, **unused):
     del unused
     if not 2 <= letters <= 26:
       raise ValueError(f"letters={letters} must be in [2, 26]")
@@ -40,6 +44,7 @@ class SortingTask(base.Task):
     self.min_len, self.max_len = min_len, max_len
     self.letters = string.ascii_lowercase[:letters]
     self.error_rate = error_rate
+    self.blind_spot_rate = blind_spot_rate
     self.alphabet = string.ascii_letters + string.digits + " .,:;!?'\"-()\n"
 
   def load(self, split: str) -> list[base.Problem]:
@@ -68,7 +73,11 @@ class SortingTask(base.Task):
   def demonstration(self, problem: base.Problem, rng: np.random.Generator) -> str:
     """One attempt of the noisy solver (module docstring)."""
     answer = list(problem.answer)
-    if rng.random() < self.error_rate:
+    if (len(answer) % 2 and answer[-2] != answer[-1] and rng.random() < self.blind_spot_rate):
+      # The solver's blind spot: on odd-length words it tends to swap the last two letters,
+      # a mistake that is visible locally in its own answer.
+      answer[-2], answer[-1] = answer[-1], answer[-2]
+    elif rng.random() < self.error_rate:
       i = int(rng.integers(len(answer)))
       if rng.random() < 0.5 and len(answer) > 1 and i + 1 < len(answer) \
           and answer[i] != answer[i + 1]:
