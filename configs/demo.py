@@ -14,7 +14,9 @@ from configs import base as base_config
 
 def get_config():
   c = base_config.get_config()
-  c.task.update(name="sorting", eval_limit=500)
+  # The base solver sorts well but has a blind spot (odd-length words: last two letters
+  # swapped 80% of the time), visible in its own answer; plus 10% random slips.
+  c.task.update(name="sorting", eval_limit=500, blind_spot_rate=0.8, error_rate=0.1)
   c.tokenizer.kind = "char"
   c.chat_format = "plain"
   # About 0.3M parameters.
@@ -24,9 +26,12 @@ def get_config():
   c.rollout.update(max_prompt_len=20, max_turn1_tokens=10, max_turn2_tokens=10,
                    max_instruction_len=24, samples_per_prompt=4, temperature=1.0)
   c.optim.update(lr=3e-4, sft_lr=3e-3)
+  # The KL terms are per-token means over an attempt (~8 tokens here), so beta2 = 1.0 is about
+  # the paper's beta2 = 0.1 on a sequence-level KL.
+  c.rl.update(beta2=1.0)
   c.train.update(batch_size=16, sft_batch_size=32, tensorboard=True)
   c.eval.update(batch_size=100, max_turn1_tokens=10, max_turn2_tokens=10)
   c.checkpoint.update(every=100, keep=2)
-  c.experiment.update(methods="base,score", seeds="", base_steps=800, rl_steps=200,
-                      stage1_fraction=0.5, sft_baseline_steps=200, sft_baseline_lr=3e-4)
+  c.experiment.update(methods="base,score", seeds="", base_steps=600, rl_steps=200,
+                      stage1_fraction=0.75, sft_baseline_steps=200, sft_baseline_lr=3e-4)
   return c

@@ -15,22 +15,13 @@ from flax import nnx
 
 from score_jax import layers
 from score_jax import model as M
+from tests.model_helpers import randomize
 from score_jax.model_config import RopeScaling, tiny
 
 FAMILIES = ("gemma", "gemma2", "gemma3", "llama", "qwen2")
 _forward = jax.jit(M.forward, static_argnums=0)
 
 
-def randomize(params, seed=1):
-  """Params with O(1) random norm scales / biases and larger kernels, so that every
-  feature (biases, Gemma (1+w) norms, post-norms) affects the logits."""
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  new = []
-  for key, x in zip(keys, leaves):
-    noise = jax.random.normal(key, x.shape, x.dtype)
-    new.append(x + 2.0 * noise if x.ndim == 1 or x.std() == 0 else 3.0 * x.std() * noise)
-  return jax.tree.unflatten(treedef, new)
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,6 +12,7 @@ from flax import nnx
 
 from score_jax import model as M
 from score_jax import sampler as S
+from tests.model_helpers import randomize
 from score_jax.model_config import tiny
 
 _forward = jax.jit(M.forward, static_argnums=0)
@@ -20,15 +21,6 @@ T, STEPS, EXTRA = 6, 8, 5
 CACHE_LEN = T + STEPS + EXTRA + STEPS      # room for turn 1 and turn 2
 
 
-def randomize(params, seed=1):
-  """O(1) random norm scales / biases and larger kernels (non-degenerate greedy text)."""
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  new = []
-  for key, x in zip(keys, leaves):
-    noise = jax.random.normal(key, x.shape, x.dtype)
-    new.append(x + 2.0 * noise if x.ndim == 1 or x.std() == 0 else 3.0 * x.std() * noise)
-  return jax.tree.unflatten(treedef, new)
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,18 +14,10 @@ from jax.sharding import PartitionSpec as P
 from score_jax import mesh as mesh_lib
 from score_jax import model as M
 from score_jax import sampler as S
+from tests.model_helpers import randomize
 from score_jax.model_config import tiny
 
 
-def randomize(params, seed=1):
-  """O(1) random norm scales / biases and larger kernels."""
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  new = []
-  for key, x in zip(keys, leaves):
-    noise = jax.random.normal(key, x.shape, x.dtype)
-    new.append(x + 2.0 * noise if x.ndim == 1 or x.std() == 0 else 3.0 * x.std() * noise)
-  return jax.tree.unflatten(treedef, new)
 
 
 @functools.lru_cache(maxsize=None)
