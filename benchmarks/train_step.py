@@ -1,0 +1,237 @@
+"""Training-step speed, ours vs transformers, same weights and batch in one run.
+
+  python benchmarks/train_step.py                     # CPU workload: 8 x 128 tokens, fp32
+  python benchmarks/train_step.py --step rl           # the RL step instead of the SFT step
+  XLA_PYTHON_CLIENT_PREALLOCATE=false python benchmarks/train_step.py --workload anchor
+  python benchmarks/train_step.py --smoke             # seconds: checks that it runs
+
+One optimizer step = forward + backward + AdamW update over `train_batch x train_seq`
+tokens. Ours (`--step sft`, default): `score_jax.train_step.make_sft_step` (masked mean
+NLL over every predicted token), jitted, params and optimizer state donated; compilation
+is timed separately. Ours (`--step rl`): `make_rl_step` on a two-turn batch (prompt,
+y1, instruction, y2 in one row; turn masks on y1 and y2; Stage II loss, batch-mean
+baseline, k3 KL as a loss): a no-grad forward of the frozen reference plus the policy
+forward + backward. Theirs: the same work in PyTorch on `transformers`'
+LlamaForCausalLM: `model(input_ids, labels).loss` (sft) or a reference forward under
+`no_grad` plus a REINFORCE + k3-KL loss over the same masks (rl), `backward`,
+`torch.optim.AdamW` (fused where torch has it). Both: lr 1e-5, betas (0.9, 0.999),
+eps 1e-8, weight decay 0.01, no gradient clipping.
+
+Figures: tokens/s = batch * seq / median step seconds, the ratio ours / theirs, and on
+the anchor workload MFU = 6 * params * tokens/s / peak FLOP/s (`--peak-tflops`). The
+last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+import _common as common
+
+LR, BETAS, EPS, WEIGHT_DECAY = 1e-5, (0.9, 0.999), 1e-8, 0.01
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  common.add_common_flags(p)
+  p.add_argument("--step", choices=("sft", "rl"), default="sft",
+                 help="sft: make_sft_step; rl: make_rl_step on a two-turn batch")
+  p.add_argument("--peak-tflops", type=float, default=None,
+                 help="peak dense FLOP/s (TFLOP/s) for MFU (default 989, H100/H200 bf16, "
+                      "on --workload anchor; no MFU on the CPU workload unless given)")
+  return p.parse_args(argv)
+
+
+def make_batch(w: common.Workload, seed: int) -> dict[str, Any]:
+  """A two-turn batch (numpy): row = [prompt | y1 | instruction | y2] in quarters/eighths.
+
+  turn1_mask covers y1 = [T/4, T/2), turn2_mask covers y2 = [5T/8, T); for sft the
+  mask is every position but the first (every predicted token, as `labels=ids`).
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  B, T = w.train_batch, w.train_seq
+  tokens = rng.integers(0, w.vocab, (B, T), dtype=np.int32)
+  t1 = np.zeros((B, T), bool)
+  t1[:, T // 4:T // 2] = True
+  t2 = np.zeros((B, T), bool)
+  t2[:, 5 * T // 8:] = True
+  return {"tokens": tokens, "valid": np.ones((B, T), bool), "turn1_mask": t1,
+          "turn2_mask": t2, "r1": rng.integers(0, 2, B).astype(np.float32),
+          "r2": rng.integers(0, 2, B).astype(np.float32),
+          "sampler_logprobs": np.zeros((B, T), np.float32)}
+
+
+def ours_step(lm, batch_np: dict[str, Any], kind: str) -> tuple[Any, dict[str, float]]:
+  """A call that runs one of our jitted steps (state threaded through the donations)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from score_jax import losses  # pylint: disable=import-outside-toplevel
+  from score_jax import train_step as ts  # pylint: disable=import-outside-toplevel
+  opt = ts.build_optimizer(dict(name="adamw", lr=LR, b1=BETAS[0], b2=BETAS[1], eps=EPS,
+                                weight_decay=WEIGHT_DECAY, clip_norm=0.0))
+  batch = dict(batch_np)
+  if kind == "sft":
+    step = ts.make_sft_step(lm.graphdef, opt)
+    batch["turn1_mask"] = np.ones_like(batch["valid"])
+    batch["turn1_mask"][:, 0] = False
+    batch["turn2_mask"] = np.zeros_like(batch["valid"])
+    ref = None
+  else:
+    cfg = losses.LossConfig(stage="stage2", baseline="batch_mean", kl_estimator="k3",
+                            kl_mode="loss")
+    step = ts.make_rl_step(lm.graphdef, opt, cfg)
+    ref = jax.tree.map(jnp.copy, lm.params)          # own buffers: params are donated
+  device = jax.tree.leaves(lm.params)[0].sharding
+  batch = {k: jax.device_put(v, device) for k, v in batch.items()}
+  # opt.init leaves its scalars (step count, learning rate) uncommitted while the step
+  # returns them committed: without this put, the second call compiles the step again.
+  state = {"params": lm.params, "opt": jax.device_put(opt.init(lm.params), device),
+           "losses": []}
+
+  def call():
+    params, opt_state, metrics = step(state["params"], state["opt"], ref, batch)
+    jax.block_until_ready((params, opt_state, metrics))
+    state["params"], state["opt"] = params, opt_state
+    state["losses"].append(float(metrics["loss"]))
+
+  return call, state
+
+
+def theirs_step(hf, batch_np: dict[str, Any], kind: str, device: str) -> tuple[Any, dict]:
+  """A call that runs one transformers forward + backward + AdamW step."""
+  import copy  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  hf.train()
+  try:
+    opt = torch.optim.AdamW(hf.parameters(), lr=LR, betas=BETAS, eps=EPS,
+                            weight_decay=WEIGHT_DECAY, fused=True)
+    fused = True
+  except (RuntimeError, TypeError):
+    opt = torch.optim.AdamW(hf.parameters(), lr=LR, betas=BETAS, eps=EPS,
+                            weight_decay=WEIGHT_DECAY)
+    fused = False
+  t = {k: torch.as_tensor(v, device=device) for k, v in batch_np.items()}
+  ids = t["tokens"].long()
+  ref = copy.deepcopy(hf).eval() if kind == "rl" else None
+  state = {"losses": [], "fused_adamw": fused}
+
+  def token_logp(logits, ids):
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    return torch.nn.functional.pad(
+        logp.gather(-1, ids[:, 1:, None])[..., 0], (1, 0))
+
+  def rl_loss(logits):
+    with torch.no_grad():
+      ref_logp = token_logp(ref(input_ids=ids).logits, ids)
+    logp = token_logp(logits, ids)
+    r1, r2 = t["r1"], t["r2"]
+    r2 = r2 + 10.0 * (r2 - r1)                               # Stage II shaping, alpha 10
+    loss = 0.0
+    for mask, r in ((t["turn1_mask"], r1), (t["turn2_mask"], r2)):
+      m = mask.float()
+      adv = (r - r.mean())[:, None]
+      d = ref_logp - logp
+      k3 = torch.exp(d) - d - 1
+      loss = loss + (-(adv * logp) * m).sum() / m.sum() + 0.01 * (k3 * m).sum() / m.sum()
+    return loss
+
+  def call():
+    if kind == "sft":
+      loss = hf(input_ids=ids, labels=ids).loss
+    else:
+      loss = rl_loss(hf(input_ids=ids).logits)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    common.sync(device)
+    state["losses"].append(float(loss.detach()))
+
+  return call, state
+
+
+def main(argv=None) -> dict[str, Any]:
+  args = parse_args(argv)
+  w = common.resolve_workload(args)
+  common.setup_env(w)
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(args.threads)
+  device = common.torch_device(w)
+  run_ours, run_theirs = args.side in ("both", "ours"), args.side in ("both", "theirs")
+  hf, lm = common.build_models(w, args.seed, device, need_hf=run_theirs, need_ours=run_ours)
+  if hf is not None:
+    n_params = sum(p.numel() for p in hf.parameters())
+  else:
+    import jax  # pylint: disable=import-outside-toplevel
+    n_params = sum(x.size for x in jax.tree.leaves(lm.params))
+  batch = make_batch(w, args.seed)
+  fns, states = {}, {}
+  if run_ours:
+    fns["ours"], states["ours"] = ours_step(lm, batch, args.step)
+  if run_theirs:
+    fns["theirs"], states["theirs"] = theirs_step(hf, batch, args.step, device)
+
+  first = {k: common.first_call(f) for k, f in fns.items()}
+  for _ in range(args.warmup):
+    for f in fns.values():
+      f()
+  cpu: dict[str, list[float]] = {}
+  times = common.time_interleaved(fns, args.reps, cpu)
+
+  tokens = w.train_batch * w.train_seq
+  peak = args.peak_tflops or (989.0 if args.workload == "anchor" else None)
+  sides = {}
+  for k in fns:
+    t = common.median(times[k])
+    s = {"seconds": times[k], "median_s": t, "ms_per_step": 1000 * t,
+         "first_call_s": first[k], "compile_s": max(first[k] - t, 0.0),
+         "tokens_per_s": tokens / t, "first_loss": states[k]["losses"][0],
+         "cpu_s": cpu[k], "median_cpu_s": common.median(cpu[k])}
+    if peak:
+      flops = 6 * n_params * tokens
+      attn = 12 * w.layers * w.embed * w.train_seq * tokens       # as hf_anchor.py counts
+      s.update(mfu_6N=flops / t / (peak * 1e12),
+               mfu_6N_plus_attention=(flops + attn) / t / (peak * 1e12))
+    sides[k] = s
+  if run_theirs:
+    sides["theirs"]["fused_adamw"] = states["theirs"]["fused_adamw"]
+    sides["theirs"]["attn_implementation"] = hf.config._attn_implementation  # pylint: disable=protected-access
+  result: dict[str, Any] = {
+      "benchmark": "train_step", "step": args.step, "workload": dataclasses.asdict(w),
+      "smoke": args.smoke, "params": n_params, "tokens_per_step": tokens,
+      "optimizer": f"AdamW lr {LR} betas {BETAS} eps {EPS} wd {WEIGHT_DECAY}, no clipping",
+      "peak_tflops": peak, "reps": args.reps, "warmup": args.warmup, **sides}
+  if run_ours and run_theirs:
+    result["ratio_ours_over_theirs"] = common.ratio(sides["ours"]["tokens_per_s"],
+                                                    sides["theirs"]["tokens_per_s"])
+  result["env"] = common.environment(device if run_theirs else None, args.threads)
+  _print(result, w)
+  common.emit(result)
+  return result
+
+
+def _print(result: dict[str, Any], w: common.Workload) -> None:
+  mfu = result["peak_tflops"] is not None
+  rows = [("side", "tokens/s", "ms/step", "compile s", "first loss", "CPU s/step")
+          + (("MFU (6N)",) if mfu else ())]
+  for k in ("ours", "theirs"):
+    if k in result:
+      s = result[k]
+      rows.append((k, common.fmt(s["tokens_per_s"]), common.fmt(s["ms_per_step"], 1),
+                   common.fmt(s["compile_s"], 2), common.fmt(s["first_loss"], 4),
+                   common.fmt(s["median_cpu_s"], 2))
+                  + ((f"{s['mfu_6N']:.1%}",) if mfu else ()))
+  env = result["env"]
+  common.print_table(
+      f"train step ({result['step']}), workload {w.name}: {w.train_batch} x {w.train_seq} "
+      f"tokens, {w.dtype}, {result['params']:,} params; jax {env.get('jax_device', '-')}, "
+      f"torch {env.get('torch_device', '-')}; load avg {env['load_avg_1_5_15'][0]:.2f}", rows)
+  if "ratio_ours_over_theirs" in result:
+    print(f"ours / theirs tokens/s: {result['ratio_ours_over_theirs']:.2f}x")
+
+
+if __name__ == "__main__":
+  main()

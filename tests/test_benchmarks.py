@@ -1,0 +1,131 @@
+"""Smoke tests of the speed benchmarks (benchmarks/sampler.py, benchmarks/train_step.py).
+
+Each script runs end to end with --smoke (tiny shapes, one repetition) in a subprocess,
+as a user would run it, and its last output line must be the JSON record. Nothing here
+asserts on speed; the numbers checked are the bookkeeping (hand-computed) and the
+parity of the two sides (same weights give the same first loss).
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import _common  # noqa: E402  pylint: disable=wrong-import-position
+import sampler as bench_sampler  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def _run(script: str, *flags: str) -> dict:
+  """Runs benchmarks/<script> with flags; returns the JSON of its last output line."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = ""                    # the benchmark's default: one CPU device
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  proc = subprocess.run([sys.executable, str(BENCH / script), *flags], env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.strip().splitlines()
+  assert "ours / theirs" in proc.stdout        # the readable table came first
+  return json.loads(lines[-1])
+
+
+def test_sampler_smoke_runs_both_sides_to_the_full_length():
+  r = _run("sampler.py", "--smoke")
+  assert r["benchmark"] == "sampler" and r["workload"]["name"] == "cpu-smoke"
+  assert r["checks"] == {"ours_lengths_all_new": True, "theirs_all_new": True,
+                         "theirs_shape": [2, 8 + 6]}
+  for side in ("ours", "theirs"):
+    s = r[side]
+    assert s["new_tokens_per_s"] == pytest.approx(2 * 6 / s["median_s"])
+    assert s["ms_per_new_token"] == pytest.approx(1000 * s["median_s"] / 6)
+    assert s["compile_s"] >= 0 and s["first_call_s"] > 0
+  assert r["ratio_ours_over_theirs"] == pytest.approx(
+      r["ours"]["new_tokens_per_s"] / r["theirs"]["new_tokens_per_s"])
+  env = r["env"]
+  assert env["jax_backend"] == "cpu" and env["jax_device_count"] == 1
+  assert env["torch_threads"] == os.cpu_count() and len(env["load_avg_1_5_15"]) == 3
+
+
+def test_train_step_smoke_same_weights_give_the_same_loss():
+  r = _run("train_step.py", "--smoke")
+  assert r["benchmark"] == "train_step" and r["step"] == "sft"
+  assert r["tokens_per_step"] == 2 * 16
+  # Same weights and tokens: our masked-mean NLL equals transformers' labels=ids loss.
+  assert r["ours"]["first_loss"] == pytest.approx(r["theirs"]["first_loss"], abs=1e-4)
+  for side in ("ours", "theirs"):
+    assert r[side]["tokens_per_s"] == pytest.approx(32 / r[side]["median_s"])
+  assert "mfu_6N" not in r["ours"]                 # no MFU on the CPU workload by default
+
+
+@pytest.mark.slow
+def test_train_step_smoke_rl_and_mfu():
+  r = _run("train_step.py", "--smoke", "--step", "rl", "--peak-tflops", "1")
+  assert r["step"] == "rl"
+  # Stage II loss with the same masks, rewards and weights on both sides.
+  assert r["ours"]["first_loss"] == pytest.approx(r["theirs"]["first_loss"], abs=1e-4)
+  s = r["ours"]
+  assert s["mfu_6N"] == pytest.approx(6 * r["params"] * 32 / s["median_s"] / 1e12)
+
+
+@pytest.mark.slow
+def test_sampler_smoke_anchor_path_reports_bandwidth():
+  r = _run("sampler.py", "--smoke", "--workload", "anchor", "--hbm-gbps", "100")
+  b = r["bandwidth"]
+  assert r["workload"]["dtype"] == "bfloat16" and b["hbm_source"] == "--hbm-gbps"
+  assert b["limit_ms_per_step"] == pytest.approx(1000 * b["bytes_per_step"] / 100e9)
+
+
+def test_bandwidth_limit_by_hand():
+  w = _common.Workload("t", layers=2, embed=8, heads=2, kv_heads=1, mlp=16, vocab=25,
+                       batch=3, prompt=5, new=3, train_batch=1, train_seq=4,
+                       dtype="bfloat16", device="cpu")
+  b = bench_sampler.bandwidth_limit(w, param_bytes=1000, embed_bytes=200, itemsize=2)
+  # mean context 5 + (3 + 1) / 2 = 7; K and V: 2 * layers 2 * batch 3 * 7 * kv 1 * H 4 * 2 B
+  assert b["kv_bytes_per_step_mean"] == 672
+  # every param but the table, plus the 3 gathered rows of 8 bf16 values
+  assert b["param_bytes_per_step"] == 1000 - 200 + 3 * 8 * 2
+  assert b["bytes_per_step"] == 848 + 672
+
+
+def test_bandwidth_limit_of_the_anchor_workload():
+  """0.85B bf16 Llama, batch 64, 256 + 256 tokens: ~2.38 GB a step, 0.74 ms at 3.2 TB/s."""
+  w = _common.WORKLOADS["anchor"]
+  per_layer = 2048 * 2048 * 2 + 2048 * 512 * 2 + 3 * 2048 * 5632 + 2 * 2048
+  params = 2 * 32000 * 2048 + 16 * per_layer + 2048
+  assert params == 852_559_872
+  b = bench_sampler.bandwidth_limit(w, 2 * params, 2 * 32000 * 2048, 2)
+  assert b["kv_bytes_per_step_mean"] == 2 * 16 * 64 * 384.5 * 8 * 64 * 2
+  assert b["bytes_per_step"] == pytest.approx(2.3806e9, rel=1e-4)
+  assert 1000 * b["bytes_per_step"] / 3.2e12 == pytest.approx(0.744, abs=1e-3)
+
+
+def test_summarize_splits_prefill_and_decode_by_hand():
+  w = _common.Workload("t", layers=1, embed=8, heads=2, kv_heads=1, mlp=16, vocab=25,
+                       batch=2, prompt=5, new=4, train_batch=1, train_seq=4,
+                       dtype="float32", device="cpu")
+  s = bench_sampler.summarize([2.0, 3.0, 2.5], [0.9, 0.8, 1.0], first=7.5, first_1=3.0, w=w,
+                              forwards_per_token=True)
+  assert s["median_s"] == 2.5 and s["compile_s"] == 5.0
+  assert s["new_tokens_per_s"] == pytest.approx(2 * 4 / 2.5)
+  assert s["ms_per_new_token"] == pytest.approx(625.0)
+  # ours: t(4) = prefill + 4 steps, t(1) = prefill + 1 step -> step = (2.5 - 0.9) / 3
+  assert s["ms_per_decode_step"] == pytest.approx(1600 / 3)
+  assert s["prefill_ms"] == pytest.approx(900 - 1600 / 3)
+  assert s["decode_tokens_per_s"] == pytest.approx(2 / (1.6 / 3))
+  # transformers: t(4) = prefill + 3 steps, t(1) = prefill -> same step, prefill = t(1)
+  s = bench_sampler.summarize([2.5], [0.9], first=2.6, first_1=1.0, w=w)
+  assert s["ms_per_decode_step"] == pytest.approx(1600 / 3)
+  assert s["prefill_ms"] == pytest.approx(900)
+
+
+def test_time_interleaved_alternates_the_sides():
+  calls = []
+  times = _common.time_interleaved({"a": lambda: calls.append("a"),
+                                    "b": lambda: calls.append("b")}, reps=3)
+  assert calls == ["a", "b"] * 3
+  assert [len(v) for v in times.values()] == [3, 3]
