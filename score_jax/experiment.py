@@ -143,7 +143,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
   (workdir / "samples.json").write_text(json.dumps(samples, indent=2))
   table = report.markdown_table(results, methods)
   (workdir / "results.md").write_text(table + "\n")
-  report.plot_training(workdir, methods, seeds[0])
+  report.plot_training(workdir, methods, seeds[0], results["_meta"]["labels"])
   report.plot_results(workdir, results, methods)
   print("\n" + table, flush=True)
   return results

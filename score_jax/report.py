@@ -65,8 +65,10 @@ def _smooth(x: np.ndarray, k: int = 10) -> np.ndarray:
   return np.convolve(x, np.ones(k) / k, mode="valid")
 
 
-def plot_training(workdir: pathlib.Path, methods: Sequence[str], seed: int) -> pathlib.Path:
+def plot_training(workdir: pathlib.Path, methods: Sequence[str], seed: int,
+                  labels: dict[str, str] | None = None) -> pathlib.Path:
   """Training curves of each trained method of `seed` (module docstring)."""
+  labels = labels or {}
   trained = [m for m in methods if m != "base"]
   fig, axes = plt.subplots(len(trained) or 1, 2, figsize=(11, 2.6 * max(len(trained), 1)),
                            squeeze=False)
@@ -79,12 +81,12 @@ def plot_training(workdir: pathlib.Path, methods: Sequence[str], seed: int) -> p
     for ax in ax_row:
       for stage, lo, hi in _stage_spans(rows):
         ax.axvspan(lo - 0.5, hi + 0.5, color=STAGE_COLORS.get(stage, "#ffffff"), lw=0)
-        ax.text((lo + hi) / 2, 1.02, stage, ha="center", va="bottom", fontsize=7,
+        ax.text((lo + hi) / 2, 0.97, stage, ha="center", va="top", fontsize=7, alpha=0.7,
                 transform=ax.get_xaxis_transform())
     for key, label in (("reward_t1", "turn-1 reward"), ("reward_t2", "turn-2 reward")):
       y = _smooth(np.array([r[key] for r in rows], float))
       ax_row[0].plot(steps[len(steps) - len(y):], y, label=label)
-    ax_row[0].set_ylabel(method, fontsize=9)
+    ax_row[0].set_ylabel(labels.get(method, method), fontsize=8)
     ax_row[0].set_ylim(0, 1)
     ax_row[0].legend(fontsize=7, loc="lower right")
     if "answer_changed" in rows[0]:
