@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0                         # one seed for init, data order and sampling
   c.distributed = False              # call jax.distributed.initialize() (multi-host)
+  c.required_fields = ()             # dotted fields that must be non-empty, e.g. ("init.checkpoint",)
 
   # Device mesh (data, fsdp, tensor); -1 takes all remaining devices.
   c.mesh = ml_collections.ConfigDict(dict(

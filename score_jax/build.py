@@ -40,7 +40,7 @@ class Components:
     lengths = rollout_lib.Lengths(prompt=r.max_prompt_len, turn1=turn1,
                                   extra=r.max_instruction_len, turn2=turn2)
     return rollout_lib.TwoTurnSampler(self.graphdef, self.tokenizer, self.chat, self.task,
-                                      lengths)
+                                      lengths, model_vocab=self.model_config.vocab_size)
 
 
 def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
@@ -68,9 +68,9 @@ def build(config: ml_collections.ConfigDict, *, with_params: bool = True) -> Com
     from score_jax import api  # pylint: disable=import-outside-toplevel
     lm = api.load(config.init.checkpoint, dtype=config.model.param_dtype,
                   compute_dtype=config.model.dtype, mesh=mesh)
-    model_config = lm.config
+    model_config = lm.config.replace(remat=config.model.remat)
     tokenizer = lm.tokenizer if config.tokenizer.kind == "auto" else _tokenizer(config, task)
-    graphdef, params = lm.graphdef, lm.params
+    graphdef, params = model_lib.abstract_params(model_config)[0], lm.params
   else:
     tokenizer = _tokenizer(config, task)
     fields = config_lib.to_plain(config.model)

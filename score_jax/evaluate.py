@@ -24,6 +24,7 @@ from score_jax import build as build_lib
 from score_jax import checkpoint as checkpoint_lib
 from score_jax import cli
 from score_jax import metrics as metrics_lib
+from score_jax import plan as plan_lib
 from score_jax import sampler as sampler_lib
 from score_jax.tasks import base as task_base
 
@@ -66,13 +67,24 @@ def eval_problems(c: build_lib.Components) -> list[task_base.Problem]:
   return problems[:limit] if limit > 0 else problems
 
 
+def eval_dir(config, workdir):
+  """W/eval for the run's own eval task and split, W/eval_<task>_<split> for others."""
+  trained = workdir / "config.json"
+  if trained.is_file():
+    task = json.loads(trained.read_text())["task"]
+    if (task["name"], task["eval_split"]) != (config.task.name, config.task.eval_split):
+      return workdir / f"eval_{config.task.name}_{config.task.eval_split}"
+  return workdir / "eval"
+
+
 def run(config, workdir: str | pathlib.Path, *, once: bool = False) -> list[dict[str, Any]]:
   """Evaluates checkpoints of `workdir` (see module docstring); returns the new lines."""
   workdir = checkpoint_lib.as_path(workdir)
+  plan_lib.validate(config)
   c = build_lib.build(config)
   problems = eval_problems(c)
-  writer = metrics_lib.MetricWriter(workdir / "eval" / "metrics.jsonl",
-                                    workdir / "tensorboard" / "eval")
+  out = eval_dir(config, workdir)
+  writer = metrics_lib.MetricWriter(out / "metrics.jsonl", workdir / "tensorboard" / out.name)
   done = {r["step"] for r in metrics_lib.read_jsonl(writer.path)}
   ckpt_dir = workdir / "checkpoints"
   if once:
@@ -101,7 +113,7 @@ def run(config, workdir: str | pathlib.Path, *, once: bool = False) -> list[dict
     records = result.pop("records")
     line = {"stage": meta.get("stage"), **result}
     writer.write(step, line)
-    samples = workdir / "eval" / "samples" / f"{step}.jsonl"
+    samples = out / "samples" / f"{step}.jsonl"
     samples.parent.mkdir(parents=True, exist_ok=True)
     samples.write_text("".join(json.dumps(r) + "\n" for r in records[:50]))
     print(f"step {step} ({line['stage']}): acc_t1={line['acc_t1']:.3f} "

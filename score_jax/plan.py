@@ -109,5 +109,16 @@ def validate(config: Mapping[str, Any]) -> None:
   elif (int(config["train"]["batch_size"]) * k) % int(config["train"]["micro_batches"]):
     errors.append("config.train.batch_size * samples_per_prompt must be divisible by "
                   "config.train.micro_batches")
+  for dotted in config.get("required_fields", ()):
+    node = config
+    try:
+      for part in dotted.split("."):
+        node = node[part]
+    except (KeyError, TypeError):
+      errors.append(f"config.required_fields names {dotted!r}, which is not a config field")
+      continue
+    if node in ("", None):
+      errors.append(f"config.{dotted} is required by this config and is empty: pass "
+                    f"--config.{dotted}=... (the config file's docstring has the command)")
   if errors:
     raise ValueError("Invalid config:\n  " + "\n  ".join(errors))
