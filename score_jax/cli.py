@@ -33,10 +33,22 @@ def parse(argv: Sequence[str], description: str, extra: Sequence[tuple[str, dict
 
 
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """jax.distributed.initialize() when config.distributed (auto-detects TPU pods / SLURM)."""
+  """jax.distributed.initialize() when config.distributed.
+
+  TPU pods and SLURM jobs are detected by JAX itself. Elsewhere (e.g. N processes on one
+  machine) set JAX_COORDINATOR_ADDRESS=host:port (read by JAX), JAX_NUM_PROCESSES=N and
+  JAX_PROCESS_ID=i in each process's environment.
+  """
   if config.distributed:
     import jax  # pylint: disable=import-outside-toplevel
-    jax.distributed.initialize()
+    kwargs = {}
+    for var, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+      if os.environ.get(var):
+        try:
+          kwargs[arg] = int(os.environ[var])
+        except ValueError:
+          die(f"{var}={os.environ[var]!r} is not an integer")
+    jax.distributed.initialize(**kwargs)
 
 
 def die(message: str) -> None:

@@ -246,7 +246,12 @@ _REMAT_POLICIES = {
 
 
 def _call_block(layer, remat, x_BTD, positions_BT, mask_BTS, kv, index):
-  if remat == "none":
+  """One block, rematerialised in the backward pass per `remat` (none | full | dots).
+
+  Calls with a KV cache (prefill and decode) are never differentiated, so they skip remat:
+  nothing to save, and nnx.remat cannot merge the block inside the sampler's while loop.
+  """
+  if remat == "none" or kv is not None:
     return layer(x_BTD, positions_BT, mask_BTS, kv, index)
   fn = nnx.remat(lambda blk, *args: blk(*args), policy=_REMAT_POLICIES[remat])
   return fn(layer, x_BTD, positions_BT, mask_BTS, kv, index)

@@ -11,6 +11,12 @@ The `Episode` lays each row out as ONE sequence `[x | y1 | extra | y2]` of fixed
 P + T1 + I + T2 (padding marked invalid), so one forward pass of the trainer scores both
 turns with exactly the positions and masks the sampler used. `turn1_mask` covers the y1
 tokens and `turn2_mask` the y2 tokens; y1 inside x2 is prompt for turn 2.
+
+On several processes (multi-host) `rollout(..., process_local=True)` has each process
+encode, decode and grade only the rows its devices hold (`mesh.row_split`); the sampler
+still runs on the global batch. The result then holds this process's rows and their
+`split`; the trainer assembles the global train batch and gathers global metrics from
+them. The default (`process_local=False`) returns every row on every process.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import jax
 import numpy as np
 
 from score_jax import chat as chat_lib
+from score_jax import mesh as mesh_lib
 from score_jax import sampler as sampler_lib
 from score_jax.tasks import base
 
@@ -57,6 +64,7 @@ class RolloutResult:
   y1: list[str]
   y2: list[str]
   truncated_prompts: int         # prompts cut from the left to fit P
+  split: mesh_lib.RowSplit | None = None  # which global rows these are (None: all rows)
 
 
 def to_host(x: Any) -> np.ndarray:
@@ -87,8 +95,11 @@ class TwoTurnSampler:
   """Turns problems into Episodes with a tokenizer, a chat format and the sampler."""
 
   def __init__(self, graphdef: Any, tokenizer: Any, chat: Any, task: base.Task,
-               lengths: Lengths):
+               lengths: Lengths, model_vocab: int | None = None):
     self.graphdef, self.tokenizer, self.chat, self.task = graphdef, tokenizer, chat, task
+    self.vocab_limit = (tokenizer.vocab_size if model_vocab and model_vocab > tokenizer.vocab_size
+                        else None)
+    self.head_ids = tokenizer.encode(chat.system_prefix + chat.user_prefix, add_bos=chat.add_bos)
     self.lengths = lengths
     self.eot_id = chat_lib.end_of_turn_id(chat, tokenizer)
     self.stop_ids = tuple(sorted({self.eot_id, int(tokenizer.eos_id)}))
@@ -100,7 +111,11 @@ class TwoTurnSampler:
 
   def encode_prompts(self, problems: Sequence[base.Problem]) -> tuple[np.ndarray, np.ndarray, int]:
     ids = [chat_lib.first_turn_ids(self.chat, self.tokenizer, p.prompt) for p in problems]
-    return left_pad(ids, self.lengths.prompt, self.pad_id)
+    P, head = self.lengths.prompt, self.head_ids
+    cut = [r[:len(head)] + r[len(r) - (P - len(head)):]
+           if len(r) > P and r[:len(head)] == head else r for r in ids]
+    tokens, valid, _ = left_pad(cut, P, self.pad_id)
+    return tokens, valid, sum(len(r) > P for r in ids)
 
   def decode(self, tokens_BS: np.ndarray, valid_BS: np.ndarray) -> list[str]:
     texts = []
@@ -116,18 +131,30 @@ class TwoTurnSampler:
     return tokens, valid
 
   def rollout(self, params1: Any, params2: Any, problems: Sequence[base.Problem], *,
-              method: Any, rng: jax.Array) -> RolloutResult:
-    """Samples y1 with `params1` and y2 with `params2` (the same params on-policy)."""
+              method: Any, rng: jax.Array, process_local: bool = False) -> RolloutResult:
+    """Samples y1 with `params1` and y2 with `params2` (the same params on-policy).
+
+    Every process passes the same global `problems`. With `process_local`, the result
+    holds only the rows this process's devices hold (see the module docstring).
+    """
     lengths = self.lengths
+    if self.vocab_limit is not None:   # never sample ids the tokenizer lacks
+      from score_jax import api  # pylint: disable=import-outside-toplevel
+      method = api._VocabLimit(method, self.vocab_limit)  # pylint: disable=protected-access
+    mesh = mesh_lib.mesh_of(params1)
+    split = (mesh_lib.row_split(mesh, len(problems)) if process_local
+             else mesh_lib.RowSplit.everything(len(problems)))
+    problems = split.take(problems)
+    put = lambda a: mesh_lib.put_local_batch(a, mesh, split)  # noqa: E731
+    get = lambda a: mesh_lib.local_rows(a, split)  # noqa: E731
     prompt_BP, prompt_valid_BP, truncated = self.encode_prompts(problems)
     rng1, rng2 = jax.random.split(rng)
     out1 = sampler_lib.generate(
-        self.graphdef, params1, prompt_BP, prompt_valid_BP, max_new_tokens=lengths.turn1,
-        method=method, rng=rng1, stop_ids=self.stop_ids, pad_id=self.pad_id,
-        max_cache_len=lengths.total)
-    tok1 = to_host(out1.tokens_BS)
-    val1 = to_host(out1.valid_BS)
-    done1 = to_host(out1.done_B)
+        self.graphdef, params1, put(prompt_BP), put(prompt_valid_BP),
+        max_new_tokens=lengths.turn1, method=method, rng=rng1, stop_ids=self.stop_ids,
+        pad_id=self.pad_id, max_cache_len=lengths.total)
+    tok1, val1, done1 = get(out1.tokens_BS), get(out1.valid_BS), get(out1.done_B)
+    logp1 = get(out1.logprobs_BS).astype(np.float32)
     extra_BI, extra_valid_BI = self.extra_chunk(done1)
     cache = out1.cache
     if params2 is not params1:
@@ -136,12 +163,12 @@ class TwoTurnSampler:
       extra_BI = np.concatenate([prompt_BP, tok1, extra_BI], axis=1)
       extra_valid_BI = np.concatenate([prompt_valid_BP, val1, extra_valid_BI], axis=1)
     out2 = sampler_lib.generate(
-        self.graphdef, params2, extra_BI, extra_valid_BI, max_new_tokens=lengths.turn2,
-        method=method, rng=rng2, stop_ids=self.stop_ids, pad_id=self.pad_id, cache=cache,
-        max_cache_len=lengths.total)
+        self.graphdef, params2, put(extra_BI), put(extra_valid_BI),
+        max_new_tokens=lengths.turn2, method=method, rng=rng2, stop_ids=self.stop_ids,
+        pad_id=self.pad_id, cache=cache, max_cache_len=lengths.total)
     extra_BI, extra_valid_BI = self.extra_chunk(done1)
-    tok2 = to_host(out2.tokens_BS)
-    val2 = to_host(out2.valid_BS)
+    tok2, val2 = get(out2.tokens_BS), get(out2.valid_BS)
+    logp2 = get(out2.logprobs_BS).astype(np.float32)
     y1, y2 = self.decode(tok1, val1), self.decode(tok2, val2)
     r1 = np.asarray(self.task.rewards(problems, y1), np.float32)
     r2 = np.asarray(self.task.rewards(problems, y2), np.float32)
@@ -155,11 +182,11 @@ class TwoTurnSampler:
             [zeros(prompt_BP), zeros(tok1), zeros(extra_BI), val2], axis=1),
         r1_B=r1, r2_B=r2,
         sampler_logprobs_BT=np.concatenate(
-            [np.zeros(prompt_BP.shape, np.float32), to_host(out1.logprobs_BS).astype(np.float32),
-             np.zeros(extra_BI.shape, np.float32), to_host(out2.logprobs_BS).astype(np.float32)],
-            axis=1),
+            [np.zeros(prompt_BP.shape, np.float32), logp1,
+             np.zeros(extra_BI.shape, np.float32), logp2], axis=1),
     )
-    return RolloutResult(episode, list(problems), y1, y2, truncated)
+    return RolloutResult(episode, list(problems), y1, y2, truncated,
+                         split=split if process_local else None)
 
 
 def demonstration_episode(two_turn: TwoTurnSampler, problems: Sequence[base.Problem],
@@ -198,7 +225,10 @@ def demonstration_episode(two_turn: TwoTurnSampler, problems: Sequence[base.Prob
 
 
 def concat_results(results: Sequence[RolloutResult]) -> RolloutResult:
-  """Stacks rollout results row-wise (same lengths)."""
+  """Stacks rollout results row-wise (same lengths; whole batches, not process-local)."""
+  if any(r.split is not None and not r.split.is_everything for r in results):
+    raise ValueError("concat_results: process-local results hold only some rows of their "
+                     "batches; keep them as separate parts (see Trainer.rl_batch)")
   episode = Episode(*[np.concatenate(fields, axis=0)
                       for fields in zip(*(r.episode for r in results))])
   return RolloutResult(episode, [p for r in results for p in r.problems],

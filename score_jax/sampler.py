@@ -208,6 +208,16 @@ _generate_jit = jax.jit(
     donate_argnames=("cache",))
 
 
+def _batch_input(x: Any, dtype: Any, mesh: jax.sharding.Mesh | None) -> jax.Array:
+  """A [B, ...] input batch-sharded on `mesh`: host data (the same global batch on every
+  process) or a global jax.Array (e.g. `mesh.put_local_batch` of each process's rows)."""
+  if isinstance(x, jax.Array):
+    x = x if x.dtype == dtype else x.astype(dtype)
+    return mesh_lib.put_batch(x, mesh)
+  x = np.asarray(x, dtype)
+  return mesh_lib.put_batch(x, mesh) if mesh is not None else jnp.asarray(x)
+
+
 def generate(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: Any, valid_BT: Any, *,
              max_new_tokens: int, method: Method, rng: jax.Array | None = None,
              stop_ids: Sequence[int] | np.ndarray = (), pad_id: int = 0,
@@ -219,7 +229,9 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: Any, valid_BT
   Args:
     graphdef, params: the model (`score_jax.model.init_params` or an importer).
     tokens_BT, valid_BT: the chunk to append (prompt, or the turn-2 extra tokens);
-      invalid tokens are padding (not attended to, no position).
+      invalid tokens are padding (not attended to, no position). Host arrays (the whole
+      batch, the same on every process) or global jax.Arrays (on several processes: built
+      from each process's rows with `mesh.put_local_batch`).
     max_new_tokens: static decode budget S (the output width).
     method: Greedy() | Temperature(t) | TopK(k, t) | TopP(p, t).
     rng: PRNG key (default key 0; fold_in(rng, step) is used at each step).
@@ -268,9 +280,9 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: Any, valid_BT
     if max_new_B.shape != (B,):
       raise ValueError(f"max_new_tokens_B shape {max_new_B.shape} != ({B},)")
   rng = jax.random.key(0) if rng is None else rng
-  tokens_BT = mesh_lib.put_batch(jnp.asarray(tokens_BT, jnp.int32), mesh)
-  valid_BT = mesh_lib.put_batch(jnp.asarray(valid_BT, bool), mesh)
-  max_new_B = mesh_lib.put_batch(jnp.asarray(max_new_B), mesh)
+  tokens_BT = _batch_input(tokens_BT, jnp.int32, mesh)
+  valid_BT = _batch_input(valid_BT, bool, mesh)
+  max_new_B = _batch_input(max_new_B, jnp.int32, mesh)
   ctx = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
   with ctx:
     return _generate_jit(graphdef, params, tokens_BT, valid_BT, max_new_B, rng, cache,

@@ -7,10 +7,20 @@ matching SCoRe objective. Everything a resumed run needs is in the checkpoint: p
 optimiser state, the step (hence the stage), the data position and the RNG key; reference
 weights produced inside the run (the base model after `sft`, the Stage I model when it is
 Stage II's reference) are saved once under `W/models/`.
+
+Multi-host (`config.distributed`): every process runs this loop and draws the same global
+batch of problems, but prepares, samples into, decodes and grades only the rows its
+devices hold (`mesh.row_split`); the jitted step gets global arrays assembled from every
+process's rows (`mesh.put_local_batch`), so its losses, leave-one-out groups included,
+are computed over the whole batch exactly as on one process. Logged rewards and metrics
+are gathered over all rows (`mesh.gather_rows`). With `config.mesh.sampling_fsdp=False`
+rollouts decode from a per-step copy of the params gathered out of the FSDP layout
+(score_jax.reshard); its cost is logged as `reshard_time_s`.
 """
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import time
 from typing import Any
@@ -29,6 +39,7 @@ from score_jax import losses
 from score_jax import mesh as mesh_lib
 from score_jax import metrics as metrics_lib
 from score_jax import plan as plan_lib
+from score_jax import reshard as reshard_lib
 from score_jax import rollout as rollout_lib
 from score_jax import sampler as sampler_lib
 from score_jax import train_step as step_lib
@@ -59,8 +70,40 @@ class DataStream:
     return out
 
 
+# A step's training data: this process's rows of one or more global sub-batches, in order.
+Parts = list[tuple[rollout_lib.Episode, mesh_lib.RowSplit]]
+
+
 def _copy(tree: Any) -> Any:
   return jax.tree.map(jnp.copy, tree)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _concat_rows(mesh: jax.sharding.Mesh, batches: list[dict[str, jax.Array]]
+                 ) -> dict[str, jax.Array]:
+  out = {}
+  for k in batches[0]:
+    x = jnp.concatenate([b[k] for b in batches], axis=0)
+    out[k] = jax.lax.with_sharding_constraint(x, mesh_lib.batch_sharding(mesh, x.shape))
+  return out
+
+
+def global_batch(parts: Parts, mesh: jax.sharding.Mesh | None) -> dict[str, jax.Array]:
+  """The step's global batch (sub-batches stacked row-wise) from this process's rows."""
+  if all(split.is_everything for _, split in parts):
+    episode = rollout_lib.Episode(*[np.concatenate(f, axis=0)
+                                    for f in zip(*(ep for ep, _ in parts))])
+    return {k: mesh_lib.put_batch(v, mesh)
+            for k, v in step_lib.episode_batch(episode).items()}
+  batches = [{k: mesh_lib.put_local_batch(v, mesh, split)
+              for k, v in step_lib.episode_batch(ep).items()} for ep, split in parts]
+  return batches[0] if len(batches) == 1 else _concat_rows(mesh, batches)
+
+
+def count_tokens(parts: Parts) -> float:
+  """Valid tokens of the whole global batch (a collective on several processes)."""
+  return float(sum(sum(mesh_lib.gather_rows(ep.valid_BT.sum(axis=1).tolist(), split))
+                   for ep, split in parts))
 
 
 def sampling_method(rollout_cfg: ml_collections.ConfigDict):
@@ -108,6 +151,7 @@ class Trainer:
     self.two_turn = self.c.two_turn(config.rollout.max_turn1_tokens,
                                     config.rollout.max_turn2_tokens)
     self.method = sampling_method(config.rollout)
+    self.sampling = reshard_lib.SamplingParams(fsdp=config.mesh.get("sampling_fsdp", True))
     self._steps: dict[str, Any] = {}
 
   # --- state -------------------------------------------------------------------------
@@ -117,7 +161,10 @@ class Trainer:
 
   def _save_model(self, name: str, params: Any) -> None:
     store = self._model_store(name)
-    store.save(0, params, None, {"name": name}, force=True)
+    # A run stopped between this save and its next checkpoint saved these same weights
+    # already (the run is deterministic): keep them when it resumes.
+    if store.latest_step() is None:
+      store.save(0, params, None, {"name": name}, force=True)
     store.close()
 
   def _load_model(self, name: str, like: Any) -> Any | None:
@@ -184,69 +231,97 @@ class Trainer:
     return self._steps[stage]
 
   # --- one step ------------------------------------------------------------------------
-  def sft_batch(self, data: DataStream, rng: np.random.Generator):
+  # Each returns (parts, stats): this process's rows of the step's episodes (see Parts)
+  # and global statistics (gathered over every process's rows).
+  def sft_batch(self, data: DataStream, rng: np.random.Generator) -> tuple[Parts, dict]:
     problems = data.take(int(self.config.train.sft_batch_size))
     demo = getattr(self.c.task, "demonstration", None)
     if demo is None:
       raise ValueError(f"the sft stage needs task demonstrations; task {self.c.task.name!r} "
                        f"has none. Start from a checkpoint (config.init.checkpoint) instead")
+    # Every process draws all demonstrations (one RNG stream, so the batch does not depend
+    # on the number of processes) and tokenises only its own rows.
     attempts1 = [demo(p, rng) for p in problems]
     attempts2 = [demo(p, rng) for p in problems]
-    episode = rollout_lib.demonstration_episode(self.two_turn, problems, attempts1, attempts2)
-    return episode, {}
+    split = mesh_lib.row_split(self.c.mesh, len(problems))
+    episode = rollout_lib.demonstration_episode(
+        self.two_turn, split.take(problems), split.take(attempts1), split.take(attempts2))
+    return [(episode, split)], {}
 
-  def baseline_batch(self, stage: str, params: Any, data: DataStream, key: jax.Array):
+  def baseline_batch(self, stage: str, params: Any, data: DataStream, key: jax.Array
+                     ) -> tuple[Parts, dict]:
     """STaR / Pair-SFT data from the model's own samples (see score_jax.baselines)."""
     k = int(self.config.rollout.samples_per_prompt)
     problems = [p for p in data.take(int(self.config.train.batch_size)) for _ in range(k)]
     if stage == "star":
-      result = self.two_turn.rollout(params, params, problems, method=self.method, rng=key)
-      episode, kept = baselines.star_episode(
+      policy = self.sampling.get("policy", params)
+      result = self.two_turn.rollout(policy, policy, problems, method=self.method, rng=key,
+                                     process_local=True)
+      episode, _ = baselines.star_episode(
           result, include_right_right=bool(self.config.rollout.star_right_right))
     else:
-      base = self.base_policy(params)
-      result = self.two_turn.rollout(base, base, problems, method=self.method, rng=key)
+      base = self.sampling.get("base", self.base_policy(params))
+      result = self.two_turn.rollout(base, base, problems, method=self.method, rng=key,
+                                     process_local=True)
       correct = getattr(self.c.task, "correct_answer", None)
       if correct is None:
         raise ValueError(f"pair_sft needs correct answers; task {self.c.task.name!r} has no "
                          f"correct_answer(problem)")
-      episode, kept = baselines.pair_sft_episode(self.two_turn, result, correct)
+      episode, _ = baselines.pair_sft_episode(self.two_turn, result, correct)
     ep = result.episode
-    return episode, {"reward_t1": float(ep.r1_B.mean()), "reward_t2": float(ep.r2_B.mean()),
-                     "kept_fraction": kept}
+    # A row is kept when any of its y2 tokens is trained (every y2 has at least one token).
+    rows = mesh_lib.gather_rows(list(zip(ep.r1_B.tolist(), ep.r2_B.tolist(),
+                                         episode.turn2_mask_BT.any(axis=1).tolist())),
+                                result.split)
+    r1, r2, kept = (np.asarray(col, dtype) for col, dtype in
+                    zip(zip(*rows), (np.float32, np.float32, bool)))
+    return [(episode, result.split)], {"reward_t1": float(r1.mean()),
+                                       "reward_t2": float(r2.mean()),
+                                       "kept_fraction": float(kept.mean())}
 
-  def rl_batch(self, stage: str, params: Any, ref: Any, data: DataStream, key: jax.Array):
+  def rl_batch(self, stage: str, params: Any, ref: Any, data: DataStream, key: jax.Array
+               ) -> tuple[Parts, dict]:
+    del ref  # the reference enters the jitted step, not the rollouts
     k = int(self.config.rollout.samples_per_prompt)
     n_prompts = int(self.config.train.batch_size)
     problems = [p for p in data.take(n_prompts) for _ in range(k)]
     n_offline = 0
     if stage == "stage2":
       n_offline = int(round(float(self.config.rollout.offline_fraction) * n_prompts)) * k
+    policy = self.sampling.get("policy", params)
     if n_offline == 0:
-      result = self.two_turn.rollout(params, params, problems, method=self.method, rng=key)
+      results = [self.two_turn.rollout(policy, policy, problems, method=self.method, rng=key,
+                                       process_local=True)]
     else:
       # "Offline prompts": first attempts from the base model, second attempts on-policy.
       # The base model's y1 tokens are context only (off-policy): they are not trained.
       key_off, key_on = jax.random.split(key)
-      offline = self.two_turn.rollout(self.base_policy(params), params, problems[:n_offline],
-                                      method=self.method, rng=key_off)
-      parts = [rollout_lib.without_turn1_training(offline)]
+      base = self.sampling.get("base", self.base_policy(params))
+      offline = self.two_turn.rollout(base, policy, problems[:n_offline], method=self.method,
+                                      rng=key_off, process_local=True)
+      results = [rollout_lib.without_turn1_training(offline)]
       if n_offline < len(problems):
-        parts.append(self.two_turn.rollout(params, params, problems[n_offline:],
-                                           method=self.method, rng=key_on))
-      result = rollout_lib.concat_results(parts)
-    ep = result.episode
-    answers1 = [self.c.task.answer_key(y) for y in result.y1]
-    answers2 = [self.c.task.answer_key(y) for y in result.y2]
-    m = metrics_lib.two_turn_metrics(ep.r1_B, ep.r2_B, answers1, answers2,
-                                     result.y1, result.y2)
+        results.append(self.two_turn.rollout(policy, policy, problems[n_offline:],
+                                             method=self.method, rng=key_on,
+                                             process_local=True))
+    rows = []
+    for result in results:
+      ep = result.episode
+      answers1 = [self.c.task.answer_key(y) for y in result.y1]
+      answers2 = [self.c.task.answer_key(y) for y in result.y2]
+      rows += mesh_lib.gather_rows(
+          list(zip(ep.r1_B.tolist(), ep.r2_B.tolist(), answers1, answers2, result.y1,
+                   result.y2, ep.turn1_mask_BT.sum(axis=1).tolist(),
+                   ep.turn2_mask_BT.sum(axis=1).tolist())), result.split)
+    r1, r2, answers1, answers2, y1, y2, len1, len2 = (list(col) for col in zip(*rows))
+    m = metrics_lib.two_turn_metrics(np.asarray(r1, np.float32), np.asarray(r2, np.float32),
+                                     answers1, answers2, y1, y2)
     stats = {"reward_t1": m["acc_t1"], "reward_t2": m["acc_t2"], "acc_t1": m["acc_t1"],
              "acc_t2": m["acc_t2"], "delta": m["delta"], "delta_i2c": m["delta_i2c"],
              "delta_c2i": m["delta_c2i"], "answer_changed": m["answer_changed"],
              "edit_distance_ratio": m["edit_distance_ratio"],
-             "len_t1": float(ep.turn1_mask_BT.sum(1).mean()),
-             "len_t2": float(ep.turn2_mask_BT.sum(1).mean())}
-    return ep, stats
+             "len_t1": float(np.mean(len1)), "len_t2": float(np.mean(len2))}
+    return [(r.episode, r.split) for r in results], stats
 
   # --- the loop ------------------------------------------------------------------------
   def run(self) -> dict[str, Any]:
@@ -275,21 +350,22 @@ class Trainer:
       t0 = time.perf_counter()
       step_key = jax.random.fold_in(key, step)
       if stage == "sft":
-        episode, stats = self.sft_batch(data, np.random.default_rng([self.config.seed, step]))
+        parts, stats = self.sft_batch(data, np.random.default_rng([self.config.seed, step]))
       elif stage in plan_lib.SUPERVISED_STAGES:
-        episode, stats = self.baseline_batch(stage, params, data, step_key)
+        parts, stats = self.baseline_batch(stage, params, data, step_key)
       else:
-        episode, stats = self.rl_batch(stage, params, ref, data, step_key)
+        parts, stats = self.rl_batch(stage, params, ref, data, step_key)
+      reshard_s = self.sampling.release()   # sampling copies are freed before training
       t_rollout = time.perf_counter() - t0
-      batch = {k: mesh_lib.put_batch(v, self.c.mesh)
-               for k, v in step_lib.episode_batch(episode).items()}
+      batch = global_batch(parts, self.c.mesh)
       params, opt_state, out = self.step_fn(stage)(params, opt_state, ref if ref is not None
                                                    else params, batch)
       out = {k: float(v) for k, v in jax.device_get(out).items()}
       elapsed = time.perf_counter() - t0
-      tokens = float(episode.valid_BT.sum())
+      tokens = count_tokens(parts)
       record = {"stage": stage, "lr": lr, **stats, **out, "step_time_s": elapsed,
-                "rollout_time_s": t_rollout, "tokens_per_s": tokens / elapsed}
+                "rollout_time_s": t_rollout, "reshard_time_s": reshard_s,
+                "tokens_per_s": tokens / elapsed}
       nan_streak = nan_streak + 1 if out["skipped"] else 0
       if self.writer and (step % self.config.train.log_every == 0 or out["skipped"]):
         self.writer.write(step + 1, record)

@@ -77,6 +77,41 @@ def replicate_unsharded(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   return jax.tree.map(place, tree)
 
 
+def _named_shardings(tree: Any) -> Any:
+  """Each leaf's NamedSharding, or None (the compiler chooses) for leaves without one."""
+  def one(x):
+    sharding = getattr(x, "sharding", None)
+    return sharding if isinstance(sharding, NamedSharding) else None
+  return jax.tree.map(one, tree)
+
+
+class _Step:
+  """`jax.jit(fn)` with params and optimiser state donated AND returned in the shardings
+  they came in (read at the first call).
+
+  Left to itself GSPMD may return some of them in another layout (a replicated norm scale
+  came back FSDP-sharded): the second call then compiles the step again, and the params
+  drift away from `model.param_shardings`.
+  """
+
+  def __init__(self, fn: Callable):
+    self._fn = fn
+    self._jitted = None
+
+  def jitted(self, params: Any, opt_state: Any) -> Callable:
+    """The jitted step (created for these params' and state's shardings on first use)."""
+    if self._jitted is None:
+      out_shardings = (_named_shardings(params), _named_shardings(opt_state), None)
+      self._jitted = jax.jit(self._fn, donate_argnums=(0, 1), out_shardings=out_shardings)
+    return self._jitted
+
+  def __call__(self, params, opt_state, ref_params, batch):
+    return self.jitted(params, opt_state)(params, opt_state, ref_params, batch)
+
+  def lower(self, params, opt_state, ref_params, batch):
+    return self.jitted(params, opt_state).lower(params, opt_state, ref_params, batch)
+
+
 def _split_micro(batch: Batch, micro_batches: int) -> Batch:
   return jax.tree.map(lambda x: x.reshape((micro_batches, -1) + x.shape[1:]), batch)
 
@@ -154,7 +189,7 @@ def make_rl_step(graphdef: Any, optimizer: optax.GradientTransformation,
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)
     return params, opt_state, metrics
 
-  return jax.jit(step, donate_argnums=(0, 1))
+  return _Step(step)
 
 
 def make_sft_step(graphdef: Any, optimizer: optax.GradientTransformation,
@@ -179,7 +214,7 @@ def make_sft_step(graphdef: Any, optimizer: optax.GradientTransformation,
     params, opt_state, grad_norm, skipped = _apply(optimizer, params, opt_state, grads, loss)
     return params, opt_state, dict(metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)
 
-  return jax.jit(step, donate_argnums=(0, 1))
+  return _Step(step)
 
 
 def episode_batch(episode: Any) -> dict[str, np.ndarray]:
