@@ -59,8 +59,14 @@ class _Stochastic:
     raise NotImplementedError
 
   def sample(self, rng: jax.Array, logits_BV: jax.Array) -> jax.Array:
+    """Gumbel-max draw: argmax(logits + Gumbel noise), the same draw as
+    `jax.random.categorical(rng, logits)`, written as max-then-first-index because XLA on
+    CPU otherwise fuses the noise into a slow, unvectorised argmax."""
     logits_BV = self.apply(logits_BV.astype(jnp.float32))
-    return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+    z_BV = logits_BV + jax.random.gumbel(rng, logits_BV.shape, jnp.float32)
+    top_B1 = jnp.max(z_BV, axis=-1, keepdims=True)
+    ids_V = jnp.arange(z_BV.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(z_BV >= top_B1, ids_V, z_BV.shape[-1]), axis=-1)
 
 
 def _check_temperature(t: float, name: str):
