@@ -3,14 +3,18 @@
   python benchmarks/memory.py                       # 8 layers, D=512, RL step on 8 x 512 tokens
   python benchmarks/memory.py --remat none,full --step sft --reps 3
   python benchmarks/memory.py --smoke               # seconds: checks that it runs
+  JAX_PLATFORMS=cuda python benchmarks/memory.py --anchor --devices 1 --dtype bfloat16
 
 What is measured, for each remat policy (config.model.remat: none | full | dots):
 - memory per device of the jitted step (`make_rl_step` or `make_sft_step`, params and
   optimiser state donated), from XLA's buffer assignment (`compiled.memory_analysis()`):
-  arguments + outputs - aliased (donated) + temporaries, and XLA's own peak estimate.
-  On a GPU/TPU, `device.memory_stats()` also gives the allocator's peak after the steps
-  (CPU devices report none);
-- step time: median of `--reps` steps after one compiling call and `--warmup` more.
+  arguments + outputs - aliased (donated) + temporaries (the JSON also has XLA's
+  `peak_memory_in_bytes`, which on the CPU backend counts little more than the arguments).
+  On a GPU/TPU the JSON also has the allocator's peak (`device.memory_stats()`) over the
+  whole run (CPU devices report none);
+- step time: median of `--reps` steps after one compiling call and `--warmup` more, the
+  policies' steps interleaved (none, full, dots, none, ...) so that load changes on a
+  shared machine hit them alike; ratios to the first policy.
 Then the reshard of the params from the training layout (FSDP over all devices) to the
 sampling layout (replicated over fsdp, score_jax.reshard; what the trainer does once per
 step with `config.mesh.sampling_fsdp=False`): median seconds and bytes per device; and,
@@ -49,6 +53,11 @@ class Shape:
   decode_new: int = 32
 
 
+# The 0.85B Llama of shared/bench/hf_anchor.py at its training shape (a GPU / TPU workload).
+ANCHOR = Shape(layers=16, embed=2048, heads=32, kv_heads=8, head_dim=64, mlp=5632,
+               vocab=32000, batch=8, seq=1024, decode_batch=64, decode_prompt=256,
+               decode_new=64)
+
 SMOKE = Shape(layers=2, embed=64, heads=4, kv_heads=2, head_dim=16, mlp=128, vocab=256,
               batch=8, seq=32, decode_batch=8, decode_prompt=8, decode_new=4)
 
@@ -72,6 +81,9 @@ def parse_args(argv=None):
   p.add_argument("--reps", type=int, default=3, help="timed steps per policy")
   p.add_argument("--warmup", type=int, default=0, help="untimed steps after the first")
   p.add_argument("--no-decode", action="store_true", help="skip the decode comparison")
+  p.add_argument("--anchor", action="store_true",
+                 help="the 0.85B anchor model (16 layers, D 2048) at batch 8 x 1024: a GPU "
+                      "workload; --layers/--embed/--batch/--seq then do not apply")
   p.add_argument("--smoke", action="store_true", help="tiny shapes, 1 rep (no real figures)")
   return p.parse_args(argv)
 
@@ -130,8 +142,8 @@ def allocator_peak(jax) -> int | None:
   return max(int(s.get("peak_bytes_in_use", 0)) for s in stats)
 
 
-def bench_step(shape: Shape, args, remat: str) -> dict[str, Any]:
-  """Compiles and times one train step with `remat`; returns its row."""
+def build_step(shape: Shape, args, remat: str) -> tuple[Any, dict[str, Any]]:
+  """Compiles one train step with `remat`; returns (call running one step, its row)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from score_jax import losses  # pylint: disable=import-outside-toplevel
@@ -151,34 +163,44 @@ def bench_step(shape: Shape, args, remat: str) -> dict[str, Any]:
     ref = jax.tree.map(jnp.copy, params)
   else:
     step = step_lib.make_sft_step(graphdef, optimizer, args.micro_batches)
-    ref = params
+    ref = None
   batch = {k: mesh_lib.put_batch(v, mesh) for k, v in make_batch(shape).items()}
   t = time.perf_counter()
   compiled = step.lower(params, opt_state, ref, batch).compile()
   compile_s = time.perf_counter() - t
-  memory = step_memory(compiled)
+  state = {"params": params, "opt_state": opt_state, "loss": None}
 
   def run():
-    nonlocal params, opt_state
-    p_ref = params if args.step == "sft" else ref
-    params, opt_state, out = compiled(params, opt_state, p_ref, batch)
-    jax.block_until_ready(out)
+    state["params"], state["opt_state"], out = compiled(state["params"], state["opt_state"],
+                                                        ref, batch)
+    state["loss"] = float(jax.block_until_ready(out)["loss"])
 
   run()
   for _ in range(args.warmup):
     run()
-  times = []
-  for _ in range(args.reps):
-    t = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t)
+  row = {"remat": remat, "compile_s": compile_s, "memory": step_memory(compiled),
+         "params_bytes_per_device": sum(
+             x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state["params"]))}
+  return run, row
+
+
+def bench_steps(shape: Shape, args) -> list[dict[str, Any]]:
+  """Every remat policy's step, timed interleaved (a change in machine load hits all)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  calls, rows = {}, []
+  for remat in args.remat.split(","):
+    calls[remat], row = build_step(shape, args, remat)
+    rows.append(row)
+  times = common.time_interleaved(calls, args.reps)
   tokens = shape.batch * shape.seq
-  step_s = statistics.median(times)
-  return {"remat": remat, "compile_s": compile_s, "step_s": step_s,
-          "tokens_per_s": tokens / step_s, "memory": memory,
-          "allocator_peak": allocator_peak(jax),
-          "params_bytes_per_device": sum(
-              x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(params))}
+  for row in rows:
+    row["step_s"] = statistics.median(times[row["remat"]])
+    row["step_s_all"] = times[row["remat"]]
+    row["tokens_per_s"] = tokens / row["step_s"]
+  # On a GPU / TPU: the allocator's peak over all of the above (every policy's state was
+  # live at once, so this bounds the sum, not one policy).
+  rows[0]["allocator_peak_all"] = allocator_peak(jax)
+  return rows
 
 
 def bench_reshard(shape: Shape, args) -> dict[str, Any]:
@@ -230,8 +252,13 @@ def mib(x: int | None) -> str:
 
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
-  shape = SMOKE if args.smoke else dataclasses.replace(
-      Shape(), layers=args.layers, embed=args.embed, batch=args.batch, seq=args.seq)
+  if args.smoke:
+    shape = SMOKE
+  elif args.anchor:
+    shape = ANCHOR
+  else:
+    shape = dataclasses.replace(Shape(), layers=args.layers, embed=args.embed,
+                                batch=args.batch, seq=args.seq)
   if args.smoke:
     args.reps, args.warmup = 1, 0
   setup_env(args)
@@ -239,15 +266,18 @@ def main(argv=None) -> dict[str, Any]:
   if shape.batch % jax.device_count():
     sys.exit(f"error: --batch {shape.batch} must be divisible by the {jax.device_count()} "
              f"devices (the batch is sharded over all of them)")
-  rows = [bench_step(shape, args, r) for r in args.remat.split(",")]
-  table = [("remat", "step s", "tokens/s", "compile s", "args MiB", "out MiB", "alias MiB",
-            "temp MiB", "total MiB", "XLA peak MiB", "alloc peak MiB")]
+  rows = bench_steps(shape, args)
+  base = rows[0]
+  table = [("remat", "step s", f"time / {base['remat']}", "tokens/s", "compile s", "args MiB",
+            "out MiB", "alias MiB", "temp MiB", "total MiB", f"total / {base['remat']}")]
   for r in rows:
     m = r["memory"]
-    table.append((r["remat"], common.fmt(r["step_s"], 2), common.fmt(r["tokens_per_s"], 0),
-                  common.fmt(r["compile_s"], 1), mib(m.get("argument")), mib(m.get("output")),
-                  mib(m.get("alias")), mib(m.get("temp")), mib(m.get("total")),
-                  mib(m.get("xla_peak")), mib(r["allocator_peak"])))
+    table.append((r["remat"], common.fmt(r["step_s"], 2),
+                  common.fmt(common.ratio(r["step_s"], base["step_s"]), 2),
+                  common.fmt(r["tokens_per_s"], 0), common.fmt(r["compile_s"], 1),
+                  mib(m.get("argument")), mib(m.get("output")), mib(m.get("alias")),
+                  mib(m.get("temp")), mib(m.get("total")),
+                  common.fmt(common.ratio(m.get("total"), base["memory"].get("total")), 2)))
   common.print_table(
       f"{args.step} step, {shape.layers} layers, D={shape.embed}, batch {shape.batch} x "
       f"{shape.seq}, params {args.param_dtype}, compute {args.dtype}, micro-batches "

@@ -28,6 +28,28 @@ import socket
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from score_jax import build as build_lib
+from score_jax import checkpoint as checkpoint_lib
+from score_jax import cli
+from score_jax import config_lib
+from score_jax import losses
+from score_jax import main as main_lib
+from score_jax import mesh as mesh_lib
+from score_jax import metrics as metrics_lib
+from score_jax import model as model_lib
+from score_jax import reshard
+from score_jax import sampler as sampler_lib
+from score_jax import train
+from score_jax import train_step as step_lib
+from score_jax.model_config import tiny
+from score_jax.tasks import toy
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.py"
 
@@ -89,25 +111,12 @@ def _parity_rewards(self, problems, responses):
 
 def worker_train(argv: list[str]) -> None:
   """`score_jax.main` on the toy task with the parity reward."""
-  from score_jax import main  # pylint: disable=import-outside-toplevel
-  from score_jax.tasks import toy  # pylint: disable=import-outside-toplevel
   toy.ToyTask.rewards = _parity_rewards
-  main.main(argv)
+  main_lib.main(argv)
 
 
 def worker_checks(argv: list[str]) -> None:
   """Row split, global arrays, gathers, sampling reshard and process-local rollouts."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from score_jax import build as build_lib  # pylint: disable=import-outside-toplevel
-  from score_jax import cli  # pylint: disable=import-outside-toplevel
-  from score_jax import config_lib  # pylint: disable=import-outside-toplevel
-  from score_jax import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-  from score_jax import reshard  # pylint: disable=import-outside-toplevel
-  from score_jax import sampler  # pylint: disable=import-outside-toplevel
-
   out_dir = pathlib.Path(argv[0])
   cli.maybe_initialize_distributed(ml_collections.ConfigDict({"distributed": True}))
   me = jax.process_index()
@@ -141,7 +150,7 @@ def worker_checks(argv: list[str]) -> None:
                                for leaf in jax.tree.leaves(c.base_params)})
   two_turn = c.two_turn(8, 8)
   problems = [p for p in c.task.load("train")[:4] for _ in range(2)]
-  kw = dict(method=sampler.Temperature(1.0), rng=jax.random.key(3))
+  kw = dict(method=sampler_lib.Temperature(1.0), rng=jax.random.key(3))
   local = two_turn.rollout(c.base_params, c.base_params, problems, process_local=True, **kw)
   whole = two_turn.rollout(c.base_params, c.base_params, problems, **kw)
   from_copy = two_turn.rollout(copy, copy, problems, process_local=True, **kw)
@@ -159,29 +168,8 @@ def worker_checks(argv: list[str]) -> None:
 
 WORKERS = {"train": worker_train, "checks": worker_checks}
 
-if __name__ == "__main__":
-  WORKERS[sys.argv[1]](sys.argv[2:])
-  sys.exit(0)
-
 
 # --- tests ---------------------------------------------------------------------------------
-# pylint: disable=wrong-import-position
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from score_jax import checkpoint as checkpoint_lib  # noqa: E402
-from score_jax import config_lib  # noqa: E402
-from score_jax import losses  # noqa: E402
-from score_jax import mesh as mesh_lib  # noqa: E402
-from score_jax import metrics as metrics_lib  # noqa: E402
-from score_jax import model as model_lib  # noqa: E402
-from score_jax import reshard  # noqa: E402
-from score_jax import sampler as sampler_lib  # noqa: E402
-from score_jax import train  # noqa: E402
-from score_jax import train_step as step_lib  # noqa: E402
-from score_jax.model_config import tiny  # noqa: E402
 
 
 def test_two_processes_split_rows_gather_and_sample(tmp_path):
@@ -259,6 +247,26 @@ def _rl_step_result(remat: str, micro_batches: int):
   return jax.tree.map(np.asarray, params), jax.device_get(out)
 
 
+def test_train_step_keeps_param_shardings_and_compiles_once():
+  """Without pinned output shardings GSPMD returned the replicated norm scales FSDP-
+  sharded, and the second step compiled again."""
+  config = tiny("llama")
+  mesh = mesh_lib.make_mesh(fsdp=-1)
+  graphdef, params = model_lib.init_params(config, mesh, seed=0)
+  before = [x.sharding for x in jax.tree.leaves(params)]
+  assert params["final_norm"]["scale"].sharding.spec == jax.P(None)
+  optimizer = step_lib.build_optimizer(dict(name="adam", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8,
+                                            weight_decay=0.0, clip_norm=1.0))
+  opt_state = step_lib.replicate_unsharded(optimizer.init(params), mesh)
+  step = step_lib.make_sft_step(graphdef, optimizer)
+  batch = {k: mesh_lib.put_batch(v, mesh) for k, v in _rl_batch(config, B=8).items()
+           if k in ("tokens", "valid", "turn1_mask", "turn2_mask")}
+  for _ in range(3):
+    params, opt_state, _ = step(params, opt_state, None, batch)
+  assert [x.sharding for x in jax.tree.leaves(params)] == before
+  assert step.jitted(params, opt_state)._cache_size() == 1
+
+
 @pytest.mark.parametrize("remat,micro_batches", [("full", 1), ("dots", 1), ("full", 2)])
 def test_remat_gives_the_same_rl_step(remat, micro_batches):
   want_params, want = _rl_step_result("none", micro_batches)
@@ -288,7 +296,7 @@ def test_remat_model_samples_with_a_kv_cache():
 def test_bf16_params_train():
   """Adam on bf16 params (moments in bf16 too): the sft loss falls at an sft-sized lr.
 
-  Simple, not exact: an update below half a bf16 ulp of its weight (~0.2% of it) rounds
+  Simple, not exact: an update below half a bf16 ulp of its weight (0.2-0.4%) rounds
   away, so RL learning rates (1e-6..1e-5) need float32 params (`param_dtype=float32`,
   `dtype=bfloat16` computes in bf16 anyway).
   """
@@ -372,7 +380,6 @@ def _train(workdir, processes, log_dir):
 
 
 def _final_params(workdir, step):
-  from score_jax import build as build_lib  # pylint: disable=import-outside-toplevel
   c = build_lib.build(config_lib.load(TINY, []))
   reader = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints", read_only=True,
                                        keep_best=False)
@@ -453,3 +460,7 @@ def test_two_processes_train_like_one_and_checkpoints_cross_over(tmp_path):
     assert [r["step"] for r in rows] == [5, 6]
     got, _ = _final_params(resumed, 6)
     _assert_params_close(straight, got)
+
+
+if __name__ == "__main__":
+  WORKERS[sys.argv[1]](sys.argv[2:])
