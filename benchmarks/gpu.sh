@@ -7,10 +7,12 @@
 # A machine whose Python lacks our pinned pure-Python packages (flax, ml-collections, ...)
 # can be given them as wheels in .whl/ (see benchmarks/README.md, "GPU machine"); they are
 # installed into /tmp/site first. Each part has its own time limit so that one slow part
-# cannot eat the others' time; PART_LIMIT_S (default 200) sets it.
+# cannot eat the others' time; PART_LIMIT_S (default 200) sets it. PARTS picks parts
+# (default: all of "sampler attention train_step memory").
 set -u -o pipefail
 OUT=${OUT:-/tmp/score_jax_gpu}
 LIMIT=${PART_LIMIT_S:-200}
+PARTS=${PARTS:-sampler attention train_step memory}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -29,12 +31,15 @@ print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "torch", 
 
 part() {  # name, command...
   local name=$1; shift
+  [[ " $PARTS " == *" $name "* ]] || return 0
   echo "=== $name: $*"
   local t0=$SECONDS
   timeout "$LIMIT" "$@" 2>&1 | tee "$OUT/$name.log"
   echo "=== $name: rc=${PIPESTATUS[0]} in $((SECONDS - t0)) s"
 }
 part sampler python3 benchmarks/sampler.py --workload anchor --static --reps 5
-part train_step python3 benchmarks/train_step.py --workload anchor --reps 5
+part attention env JAX_PLATFORMS=cuda python3 benchmarks/attention.py
+part train_step python3 benchmarks/train_step.py --workload anchor --reps 5 --also-xla-attention
 part memory env JAX_PLATFORMS=cuda python3 benchmarks/memory.py --anchor --devices 1 \
+  --remat "${MEMORY_REMAT:-none,full,dots}" \
   --dtype bfloat16 --reps 5 --warmup 1

@@ -41,6 +41,9 @@ def parse_args(argv=None):
   p.add_argument("--peak-tflops", type=float, default=None,
                  help="peak dense FLOP/s (TFLOP/s) for MFU (default 989, H100/H200 bf16, "
                       "on --workload anchor; no MFU on the CPU workload unless given)")
+  p.add_argument("--also-xla-attention", action="store_true",
+                 help="also time our step with model.attention='xla' (side ours_xla), e.g. "
+                      "to compare with cuDNN's fused attention that 'auto' picks on a GPU")
   return p.parse_args(argv)
 
 
@@ -64,8 +67,10 @@ def make_batch(w: common.Workload, seed: int) -> dict[str, Any]:
           "sampler_logprobs": np.zeros((B, T), np.float32)}
 
 
-def ours_step(lm, batch_np: dict[str, Any], kind: str) -> tuple[Any, dict[str, float]]:
-  """A call that runs one of our jitted steps (state threaded through the donations)."""
+def ours_step(lm, batch_np: dict[str, Any], kind: str,
+              attention: str | None = None) -> tuple[Any, dict[str, float]]:
+  """A call that runs one of our jitted steps (state threaded through the donations);
+  `attention` replaces the model's `attention` kernel choice."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -73,9 +78,14 @@ def ours_step(lm, batch_np: dict[str, Any], kind: str) -> tuple[Any, dict[str, f
   from score_jax import train_step as ts  # pylint: disable=import-outside-toplevel
   opt = ts.build_optimizer(dict(name="adamw", lr=LR, b1=BETAS[0], b2=BETAS[1], eps=EPS,
                                 weight_decay=WEIGHT_DECAY, clip_norm=0.0))
+  from score_jax import model as model_lib  # pylint: disable=import-outside-toplevel
+  graphdef, params = lm.graphdef, lm.params
+  if attention is not None:     # a second side: its own params (each side donates its own)
+    graphdef = model_lib.abstract_params(lm.config.replace(attention=attention))[0]
+    params = jax.tree.map(jnp.copy, lm.params)
   batch = dict(batch_np)
   if kind == "sft":
-    step = ts.make_sft_step(lm.graphdef, opt)
+    step = ts.make_sft_step(graphdef, opt)
     batch["turn1_mask"] = np.ones_like(batch["valid"])
     batch["turn1_mask"][:, 0] = False
     batch["turn2_mask"] = np.zeros_like(batch["valid"])
@@ -83,13 +93,13 @@ def ours_step(lm, batch_np: dict[str, Any], kind: str) -> tuple[Any, dict[str, f
   else:
     cfg = losses.LossConfig(stage="stage2", baseline="batch_mean", kl_estimator="k3",
                             kl_mode="loss")
-    step = ts.make_rl_step(lm.graphdef, opt, cfg)
-    ref = jax.tree.map(jnp.copy, lm.params)          # own buffers: params are donated
-  device = jax.tree.leaves(lm.params)[0].sharding
+    step = ts.make_rl_step(graphdef, opt, cfg)
+    ref = jax.tree.map(jnp.copy, params)             # own buffers: params are donated
+  device = jax.tree.leaves(params)[0].sharding
   batch = {k: jax.device_put(v, device) for k, v in batch.items()}
   # opt.init leaves its scalars (step count, learning rate) uncommitted while the step
   # returns them committed: without this put, the second call compiles the step again.
-  state = {"params": lm.params, "opt": jax.device_put(opt.init(lm.params), device),
+  state = {"params": params, "opt": jax.device_put(opt.init(params), device),
            "losses": []}
 
   def call():
@@ -171,6 +181,9 @@ def main(argv=None) -> dict[str, Any]:
   fns, states = {}, {}
   if run_ours:
     fns["ours"], states["ours"] = ours_step(lm, batch, args.step)
+  if run_ours and args.also_xla_attention:
+    fns["ours_xla"], states["ours_xla"] = ours_step(
+        lm, batch, args.step, attention="xla")
   if run_theirs:
     fns["theirs"], states["theirs"] = theirs_step(hf, batch, args.step, device)
 
@@ -207,6 +220,12 @@ def main(argv=None) -> dict[str, Any]:
   if run_ours and run_theirs:
     result["ratio_ours_over_theirs"] = common.ratio(sides["ours"]["tokens_per_s"],
                                                     sides["theirs"]["tokens_per_s"])
+  if "ours_xla" in sides:
+    from score_jax import layers  # pylint: disable=import-outside-toplevel
+    result["attention_ours"] = ("cudnn" if layers.use_cudnn_attention(lm.config) else "xla")
+    if run_theirs:
+      result["ratio_ours_xla_over_theirs"] = common.ratio(sides["ours_xla"]["tokens_per_s"],
+                                                          sides["theirs"]["tokens_per_s"])
   result["env"] = common.environment(device if run_theirs else None, args.threads)
   _print(result, w)
   common.emit(result)
@@ -217,7 +236,7 @@ def _print(result: dict[str, Any], w: common.Workload) -> None:
   mfu = result["peak_tflops"] is not None
   rows = [("side", "tokens/s", "ms/step", "compile s", "first loss", "CPU s/step")
           + (("MFU (6N)",) if mfu else ())]
-  for k in ("ours", "theirs"):
+  for k in ("ours", "ours_xla", "theirs"):
     if k in result:
       s = result[k]
       rows.append((k, common.fmt(s["tokens_per_s"]), common.fmt(s["ms_per_step"], 1),
@@ -231,6 +250,9 @@ def _print(result: dict[str, Any], w: common.Workload) -> None:
       f"torch {env.get('torch_device', '-')}; load avg {env['load_avg_1_5_15'][0]:.2f}", rows)
   if "ratio_ours_over_theirs" in result:
     print(f"ours / theirs tokens/s: {result['ratio_ours_over_theirs']:.2f}x")
+  if "ratio_ours_xla_over_theirs" in result:
+    print(f"ours ({result['attention_ours']} attention) vs ours_xla; ours_xla / theirs "
+          f"tokens/s: {result['ratio_ours_xla_over_theirs']:.2f}x")
 
 
 if __name__ == "__main__":

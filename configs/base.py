@@ -54,6 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
       dtype="float32",               # compute dtype (bfloat16 on accelerators)
       param_dtype="float32",         # parameter storage dtype
       remat="none",                  # rematerialisation: none | full | dots
+      attention="auto",              # uncached attention: auto (cuDNN flash kernel on a GPU
+                                     # when it fits: bf16, no soft-cap) | xla | cudnn
   ))
 
   # Where the initial (base) weights come from.

@@ -68,7 +68,8 @@ def build(config: ml_collections.ConfigDict, *, with_params: bool = True) -> Com
     from score_jax import api  # pylint: disable=import-outside-toplevel
     lm = api.load(config.init.checkpoint, dtype=config.model.param_dtype,
                   compute_dtype=config.model.dtype, mesh=mesh)
-    model_config = lm.config.replace(remat=config.model.remat)
+    model_config = lm.config.replace(remat=config.model.remat,
+                                      attention=config.model.attention)
     tokenizer = lm.tokenizer if config.tokenizer.kind == "auto" else _tokenizer(config, task)
     graphdef, params = model_lib.abstract_params(model_config)[0], lm.params
   else:

@@ -154,6 +154,40 @@ def dot_product_attention(q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Arra
   return out_BTKGH.reshape(B, T, N, H)
 
 
+def use_cudnn_attention(config: ModelConfig) -> bool:
+  """Whether uncached attention (training, scoring) runs cuDNN's fused flash kernel.
+
+  `config.attention`: "xla" never; "cudnn" always (an error where cuDNN cannot run it);
+  "auto" when JAX runs on a GPU and the model fits the kernel: bf16/fp16 compute, no
+  attention logit soft-cap (Gemma 2), head_dim a multiple of 8 and at most 128.
+  """
+  fits = (config.dtype in ("bfloat16", "float16") and config.attn_logit_softcap is None
+          and config.head_dim % 8 == 0 and config.head_dim <= 128)
+  if config.attention == "cudnn":
+    if not fits:
+      raise ValueError(
+          f"model.attention='cudnn' needs bf16/fp16 compute (model.dtype={config.dtype!r}), "
+          f"no attention soft-cap (attn_logit_softcap={config.attn_logit_softcap}) and "
+          f"head_dim a multiple of 8 up to 128 (head_dim={config.head_dim}); set "
+          f"model.attention='auto' or 'xla'")
+    return True
+  return config.attention == "auto" and fits and jax.default_backend() == "gpu"
+
+
+def fused_attention(q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array,
+                    mask_BTS: jax.Array, *, scale: float, implementation: str) -> jax.Array:
+  """`dot_product_attention` (no soft-cap) through `jax.nn.dot_product_attention`.
+
+  With implementation="cudnn" this is one flash-attention kernel forward and backward (no
+  [B,N,T,S] float32 scores in memory); the mask becomes an additive bias (False -> a large
+  negative number), so any mask (left padding, causal, sliding window) is exact. "xla" is
+  JAX's reference implementation of the same call, used to check the semantics on a CPU.
+  """
+  return jax.nn.dot_product_attention(q_BTNH, k_BSKH.astype(q_BTNH.dtype),
+                                      v_BSKH.astype(q_BTNH.dtype), mask=mask_BTS[:, None],
+                                      scale=scale, implementation=implementation)
+
+
 class Attention(nnx.Module):
   """Multi-head attention (MHA / GQA / MQA) with RoPE, optional qkv bias and qk-norm."""
 
@@ -178,6 +212,7 @@ class Attention(nnx.Module):
     self.inv_freq = tuple(float(f) for f in layer_inv_freq(config, layer))
     self.scale = (config.query_pre_attn_scalar or H) ** -0.5
     self.logit_softcap = config.attn_logit_softcap
+    self.cudnn = use_cudnn_attention(config)
 
   def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, mask_BTS: jax.Array,
                kv: tuple[jax.Array, jax.Array] | None = None,
@@ -203,8 +238,12 @@ class Attention(nnx.Module):
       k_BSKH = constrain(k_BSKH, ("batch", "length", "kv_heads", "head_dim"))
       v_BSKH = constrain(v_BSKH, ("batch", "length", "kv_heads", "head_dim"))
       new_kv = (k_BSKH, v_BSKH)
-    out_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, scale=self.scale,
-                                     logit_softcap=self.logit_softcap)
+    if self.cudnn and kv is None:
+      out_BTNH = fused_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, scale=self.scale,
+                                 implementation="cudnn")
+    else:
+      out_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, scale=self.scale,
+                                       logit_softcap=self.logit_softcap)
     return self.o_proj(out_BTNH), new_kv
 
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 NORM_STYLES = ("rms", "gemma_rms")          # x * w  |  x * (1 + w)
 ACTIVATIONS = ("silu", "gelu_tanh")         # SwiGLU | GeGLU
 LAYER_KINDS = ("global", "local")           # full causal | sliding-window causal
+ATTENTION_KERNELS = ("auto", "xla", "cudnn")  # see layers.use_cudnn_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,7 @@ class ModelConfig:
   dtype: str = "bfloat16"               # compute dtype
   param_dtype: str = "float32"          # storage dtype of params
   remat: str = "none"                   # none | full | dots (rematerialisation policy)
+  attention: str = "auto"               # auto | xla | cudnn (uncached attention kernel)
 
   def __post_init__(self):
     problems = []
@@ -75,6 +77,8 @@ class ModelConfig:
       problems.append("layer_pattern has 'local' layers but sliding_window is unset")
     if self.remat not in ("none", "full", "dots"):
       problems.append(f"remat={self.remat!r} not in ('none', 'full', 'dots')")
+    if self.attention not in ATTENTION_KERNELS:
+      problems.append(f"attention={self.attention!r} not in {ATTENTION_KERNELS}")
     for name in ("vocab_size", "num_layers", "embed_dim", "hidden_dim", "num_heads",
                  "num_kv_heads", "head_dim"):
       if getattr(self, name) <= 0:

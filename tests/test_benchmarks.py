@@ -21,7 +21,7 @@ import _common  # noqa: E402  pylint: disable=wrong-import-position
 import sampler as bench_sampler  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def _run(script: str, *flags: str) -> dict:
+def _run(script: str, *flags: str, marker: str = "ours / theirs") -> dict:
   """Runs benchmarks/<script> with flags; returns the JSON of its last output line."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = ""                    # the benchmark's default: one CPU device
@@ -30,7 +30,7 @@ def _run(script: str, *flags: str) -> dict:
                         capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.strip().splitlines()
-  assert "ours / theirs" in proc.stdout        # the readable table came first
+  assert marker in proc.stdout                 # the readable table came first
   return json.loads(lines[-1])
 
 
@@ -129,3 +129,16 @@ def test_time_interleaved_alternates_the_sides():
                                     "b": lambda: calls.append("b")}, reps=3)
   assert calls == ["a", "b"] * 3
   assert [len(v) for v in times.values()] == [3, 3]
+
+
+def test_attention_smoke_fused_call_matches_ours():
+  r = _run("attention.py", "--smoke", marker="fwd + bwd ms")
+  assert r["benchmark"] == "attention" and r["kernel"]["implementation"] == "xla"
+  for d in r["kernel"]["diffs"].values():
+    assert d["max_abs"] < 1e-5 < d["max_abs_ref"]
+
+
+def test_train_step_smoke_also_times_the_xla_attention_side():
+  r = _run("train_step.py", "--smoke", "--also-xla-attention")
+  assert r["attention_ours"] == "xla"                      # CPU: "auto" keeps ours
+  assert abs(r["ours_xla"]["first_loss"] - r["ours"]["first_loss"]) < 1e-6
