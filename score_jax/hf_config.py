@@ -363,7 +363,7 @@ def config_to_hf(config: ModelConfig, **extra: Any) -> dict[str, Any]:
 
 
 def same_architecture(a: ModelConfig, b: ModelConfig) -> list[str]:
-  """Names of the fields (other than dtypes) where `a` and `b` differ."""
-  skip = {"dtype", "param_dtype", "remat"}
+  """Names of the fields (other than dtypes and kernel choices) where `a` and `b` differ."""
+  skip = {"dtype", "param_dtype", "remat", "attention"}
   return [f.name for f in dataclasses.fields(ModelConfig)
           if f.name not in skip and getattr(a, f.name) != getattr(b, f.name)]

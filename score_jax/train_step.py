@@ -141,7 +141,14 @@ def _apply(optimizer, params, opt_state, grads, loss):
 
 
 def _accumulate(loss_fn: Callable, params, batch: Batch, micro_batches: int):
-  """Mean loss, grads and metrics over micro-batches (lax.scan keeps one in memory)."""
+  """Mean loss, grads and metrics over micro-batches (lax.scan keeps one in memory).
+
+  Each micro-batch's loss is its own: token means and a batch-mean baseline are taken
+  within it (leave-one-out groups must be whole: `rows / micro_batches` a multiple of k),
+  so the mean over micro-batches equals the one-batch loss exactly for leave-one-out
+  baselines when the micro-batches hold equal numbers of trained tokens, and is the usual
+  accumulation approximation otherwise.
+  """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if micro_batches == 1:
     (loss, metrics), grads = grad_fn(params, batch)
@@ -186,11 +193,14 @@ def make_rl_step(graphdef: Any, optimizer: optax.GradientTransformation,
     return loss, metrics
 
   def step(params, opt_state, ref_params, batch):
-    ref_logits_BTV, _ = model_lib.forward(graphdef, ref_params, batch["tokens"], batch["valid"])
-    batch = dict(batch)
-    batch["ref_logp"] = jax.lax.stop_gradient(
-        losses.token_logprobs(ref_logits_BTV, batch["tokens"]))
-    loss, grads, metrics = _accumulate(loss_fn, params, batch, micro_batches)
+    def loss_with_ref(params, mb):
+      # The frozen reference scores each micro-batch inside the accumulation loop, so its
+      # [b, T, V] logits never exist for the whole batch at once.
+      ref_logits_BTV, _ = model_lib.forward(graphdef, ref_params, mb["tokens"], mb["valid"])
+      ref_logp_BT = jax.lax.stop_gradient(losses.token_logprobs(ref_logits_BTV, mb["tokens"]))
+      return loss_fn(params, dict(mb, ref_logp=ref_logp_BT))
+
+    loss, grads, metrics = _accumulate(loss_with_ref, params, batch, micro_batches)
     params, opt_state, grad_norm, skipped = _apply(optimizer, params, opt_state, grads, loss)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)
     return params, opt_state, metrics

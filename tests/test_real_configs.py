@@ -357,6 +357,7 @@ def test_config_model_settings_apply_to_the_checkpoint_model(tmp_path, shared_da
   assert c.model_config.dtype == c.config.model.dtype == "float32"
   assert c.model_config.param_dtype == "float32"
   assert c.model_config.remat == c.config.model.remat == "full"
+  assert c.model_config.attention == c.config.model.attention == "auto"
 
 
 def test_rollout_never_samples_ids_the_tokenizer_lacks(tmp_path, shared_data, corpus):
