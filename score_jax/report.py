@@ -24,6 +24,9 @@ COLUMNS = (("acc_t1", "Acc@t1"), ("acc_t2", "Acc@t2"), ("delta", "Δ(t1,t2)"),
            ("delta_i2c", "Δ i→c"), ("delta_c2i", "Δ c→i"), ("answer_changed", "changed"))
 STAGE_COLORS = {"sft": "#eeeeee", "stage1": "#dceefb", "stage2": "#fde9d9",
                 "single_turn": "#e5f5e0", "star": "#f2e6f7", "pair_sft": "#fff5cc"}
+# Whose samples a stage's logged rollout metrics describe, where it is not the policy's own.
+SAMPLES_NOTE = {"pair_sft": "rollouts of the frozen base model (the Pair-SFT data), "
+                            "not of the model in training"}
 
 
 def _pct(row: dict[str, Any], key: str) -> str:
@@ -87,6 +90,11 @@ def plot_training(workdir: pathlib.Path, methods: Sequence[str], seed: int,
       y = _smooth(np.array([r[key] for r in rows], float))
       ax_row[0].plot(steps[len(steps) - len(y):], y, label=label)
     ax_row[0].set_ylabel(labels.get(method, method), fontsize=8)
+    notes = {SAMPLES_NOTE[r["stage"]] for r in rows if r.get("stage") in SAMPLES_NOTE}
+    for ax in ax_row:
+      for i, note in enumerate(sorted(notes)):
+        ax.text(0.02, 0.04 + 0.08 * i, note, fontsize=7, style="italic",
+                transform=ax.transAxes)
     ax_row[0].set_ylim(0, 1)
     ax_row[0].legend(fontsize=7, loc="lower right")
     if "answer_changed" in rows[0]:
@@ -94,6 +102,9 @@ def plot_training(workdir: pathlib.Path, methods: Sequence[str], seed: int,
       ax_row[1].plot(steps[len(steps) - len(y):], y, color="C2", label="answer changed")
       ax_row[1].set_ylim(0, 1)
       ax_row[1].legend(fontsize=7, loc="upper right")
+    else:
+      ax_row[1].text(0.5, 0.5, "answer changes not logged by this run", ha="center",
+                     fontsize=8, transform=ax_row[1].transAxes)
   axes[0][0].set_title("training rollout reward (moving average of 10 steps)", fontsize=9)
   axes[0][1].set_title("rate of second answers that differ from the first", fontsize=9)
   axes[-1][0].set_xlabel("step")

@@ -268,16 +268,12 @@ class Trainer:
         raise ValueError(f"pair_sft needs correct answers; task {self.c.task.name!r} has no "
                          f"correct_answer(problem)")
       episode, _ = baselines.pair_sft_episode(self.two_turn, result, correct)
-    ep = result.episode
     # A row is kept when any of its y2 tokens is trained (every y2 has at least one token).
-    rows = mesh_lib.gather_rows(list(zip(ep.r1_B.tolist(), ep.r2_B.tolist(),
-                                         episode.turn2_mask_BT.any(axis=1).tolist())),
-                                result.split)
-    r1, r2, kept = (np.asarray(col, dtype) for col, dtype in
-                    zip(zip(*rows), (np.float32, np.float32, bool)))
-    return [(episode, result.split)], {"reward_t1": float(r1.mean()),
-                                       "reward_t2": float(r2.mean()),
-                                       "kept_fraction": float(kept.mean())}
+    kept = np.asarray(mesh_lib.gather_rows(episode.turn2_mask_BT.any(axis=1).tolist(),
+                                           result.split), bool)
+    # The sampled rollouts' metrics: STaR's own samples, Pair-SFT's base-model samples.
+    stats = dict(self.rollout_stats([result]), kept_fraction=float(kept.mean()))
+    return [(episode, result.split)], stats
 
   def rl_batch(self, stage: str, params: Any, ref: Any, data: DataStream, key: jax.Array
                ) -> tuple[Parts, dict]:
@@ -304,6 +300,11 @@ class Trainer:
         results.append(self.two_turn.rollout(policy, policy, problems[n_offline:],
                                              method=self.method, rng=key_on,
                                              process_local=True))
+    return [(r.episode, r.split) for r in results], self.rollout_stats(results)
+
+  def rollout_stats(self, results: list[Any]) -> dict[str, float]:
+    """Two-turn metrics of rollouts over every process's rows (rewards, deltas, answer
+    changes, attempt lengths in trained tokens)."""
     rows = []
     for result in results:
       ep = result.episode
@@ -316,12 +317,11 @@ class Trainer:
     r1, r2, answers1, answers2, y1, y2, len1, len2 = (list(col) for col in zip(*rows))
     m = metrics_lib.two_turn_metrics(np.asarray(r1, np.float32), np.asarray(r2, np.float32),
                                      answers1, answers2, y1, y2)
-    stats = {"reward_t1": m["acc_t1"], "reward_t2": m["acc_t2"], "acc_t1": m["acc_t1"],
-             "acc_t2": m["acc_t2"], "delta": m["delta"], "delta_i2c": m["delta_i2c"],
-             "delta_c2i": m["delta_c2i"], "answer_changed": m["answer_changed"],
-             "edit_distance_ratio": m["edit_distance_ratio"],
-             "len_t1": float(np.mean(len1)), "len_t2": float(np.mean(len2))}
-    return [(r.episode, r.split) for r in results], stats
+    return {"reward_t1": m["acc_t1"], "reward_t2": m["acc_t2"], "acc_t1": m["acc_t1"],
+            "acc_t2": m["acc_t2"], "delta": m["delta"], "delta_i2c": m["delta_i2c"],
+            "delta_c2i": m["delta_c2i"], "answer_changed": m["answer_changed"],
+            "edit_distance_ratio": m["edit_distance_ratio"],
+            "len_t1": float(np.mean(len1)), "len_t2": float(np.mean(len2))}
 
   # --- the loop ------------------------------------------------------------------------
   def run(self) -> dict[str, Any]:

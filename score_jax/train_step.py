@@ -140,32 +140,40 @@ def _apply(optimizer, params, opt_state, grads, loss):
   return params, opt_state, grad_norm, 1.0 - finite.astype(jnp.float32)
 
 
-def _accumulate(loss_fn: Callable, params, batch: Batch, micro_batches: int):
+def _accumulate(loss_fn: Callable, params, batch: Batch, micro_batches: int,
+                prepare: Callable[[Any, Batch], Batch] | None = None, aux: Any = None):
   """Mean loss, grads and metrics over micro-batches (lax.scan keeps one in memory).
 
   Each micro-batch's loss is its own: token means and a batch-mean baseline are taken
   within it (leave-one-out groups must be whole: `rows / micro_batches` a multiple of k),
   so the mean over micro-batches equals the one-batch loss exactly for leave-one-out
   baselines when the micro-batches hold equal numbers of trained tokens, and is the usual
-  accumulation approximation otherwise.
+  accumulation approximation otherwise. `prepare(aux, mb)` adds non-differentiated inputs
+  to each micro-batch outside the gradient, e.g. the frozen reference's log-probs with
+  `aux` = its params. `aux` rides in the scan's carry rather than in a closure: an NNX
+  model merged inside the scan from closed-over arrays fails under `nnx.remat`
+  ("Cannot mutate Param from a different trace level").
   """
+  if prepare is None:
+    prepare = lambda _, mb: mb  # noqa: E731
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if micro_batches == 1:
-    (loss, metrics), grads = grad_fn(params, batch)
+    (loss, metrics), grads = grad_fn(params, prepare(aux, batch))
     return loss, grads, metrics
   micro = _split_micro(batch, micro_batches)
   first = jax.tree.map(lambda x: x[0], micro)
-  (_, metrics_shape), _ = jax.eval_shape(grad_fn, params, first)
+  (_, metrics_shape), _ = jax.eval_shape(lambda p, a, mb: grad_fn(p, prepare(a, mb)), params,
+                                         aux, first)
   zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params),
            jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape))
 
   def body(carry, mb):
-    (loss, metrics), grads = grad_fn(params, mb)
+    (loss, metrics), grads = grad_fn(params, prepare(carry[3], mb))
     acc = (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads),
-           jax.tree.map(jnp.add, carry[2], metrics))
+           jax.tree.map(jnp.add, carry[2], metrics), carry[3])
     return acc, None
 
-  (loss, grads, metrics), _ = jax.lax.scan(body, zeros, micro)
+  (loss, grads, metrics, _), _ = jax.lax.scan(body, zeros + (aux,), micro)
   scale = lambda x: x / micro_batches  # noqa: E731
   return scale(loss), jax.tree.map(scale, grads), jax.tree.map(scale, metrics)
 
@@ -193,14 +201,15 @@ def make_rl_step(graphdef: Any, optimizer: optax.GradientTransformation,
     return loss, metrics
 
   def step(params, opt_state, ref_params, batch):
-    def loss_with_ref(params, mb):
+    def with_ref_logp(ref_params, mb):
       # The frozen reference scores each micro-batch inside the accumulation loop, so its
       # [b, T, V] logits never exist for the whole batch at once.
       ref_logits_BTV, _ = model_lib.forward(graphdef, ref_params, mb["tokens"], mb["valid"])
-      ref_logp_BT = jax.lax.stop_gradient(losses.token_logprobs(ref_logits_BTV, mb["tokens"]))
-      return loss_fn(params, dict(mb, ref_logp=ref_logp_BT))
+      return dict(mb, ref_logp=jax.lax.stop_gradient(
+          losses.token_logprobs(ref_logits_BTV, mb["tokens"])))
 
-    loss, grads, metrics = _accumulate(loss_with_ref, params, batch, micro_batches)
+    loss, grads, metrics = _accumulate(loss_fn, params, batch, micro_batches, with_ref_logp,
+                                       ref_params)
     params, opt_state, grad_norm, skipped = _apply(optimizer, params, opt_state, grads, loss)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)
     return params, opt_state, metrics
