@@ -93,7 +93,7 @@ def plot_training(workdir: pathlib.Path, methods: Sequence[str], seed: int,
     notes = {SAMPLES_NOTE[r["stage"]] for r in rows if r.get("stage") in SAMPLES_NOTE}
     for ax in ax_row:
       for i, note in enumerate(sorted(notes)):
-        ax.text(0.02, 0.04 + 0.08 * i, note, fontsize=7, style="italic",
+        ax.text(0.02, 0.86 - 0.08 * i, note, fontsize=7, style="italic",
                 transform=ax.transAxes)
     ax_row[0].set_ylim(0, 1)
     ax_row[0].legend(fontsize=7, loc="lower right")
@@ -101,7 +101,7 @@ def plot_training(workdir: pathlib.Path, methods: Sequence[str], seed: int,
       y = _smooth(np.array([r["answer_changed"] for r in rows], float))
       ax_row[1].plot(steps[len(steps) - len(y):], y, color="C2", label="answer changed")
       ax_row[1].set_ylim(0, 1)
-      ax_row[1].legend(fontsize=7, loc="upper right")
+      ax_row[1].legend(fontsize=7, loc="best")
     else:
       ax_row[1].text(0.5, 0.5, "answer changes not logged by this run", ha="center",
                      fontsize=8, transform=ax_row[1].transAxes)
