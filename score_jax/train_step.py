@@ -129,7 +129,7 @@ def _masked_mean(x_BT, mask_BT):
 
 def _apply(optimizer, params, opt_state, grads, loss):
   """optax update, skipped (params and state kept) when loss or grads are not finite."""
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
   updates, new_opt_state = optimizer.update(grads, opt_state, params)

@@ -299,20 +299,24 @@ def test_reference_logits_are_never_whole_batch_under_accumulation():
   assert temp[4] < temp[1] / 3, (temp, whole_logits)
 
 
+def _sft_setup(config, lr):
+  """An FSDP mesh, params, Adam state, the sft step and an 8-row batch for `config`."""
+  mesh = mesh_lib.make_mesh(fsdp=-1)
+  graphdef, params = model_lib.init_params(config, mesh, seed=0)
+  optimizer = step_lib.build_optimizer(dict(name="adam", lr=lr, b1=0.9, b2=0.999, eps=1e-8,
+                                            weight_decay=0.0, clip_norm=1.0))
+  opt_state = step_lib.replicate_unsharded(optimizer.init(params), mesh)
+  batch = {k: mesh_lib.put_batch(v, mesh) for k, v in _rl_batch(config, B=8).items()
+           if k in ("tokens", "valid", "turn1_mask", "turn2_mask")}
+  return params, opt_state, step_lib.make_sft_step(graphdef, optimizer), batch
+
+
 def test_train_step_keeps_param_shardings_and_compiles_once():
   """Without pinned output shardings GSPMD returned the replicated norm scales FSDP-
   sharded, and the second step compiled again."""
-  config = tiny("llama")
-  mesh = mesh_lib.make_mesh(fsdp=-1)
-  graphdef, params = model_lib.init_params(config, mesh, seed=0)
+  params, opt_state, step, batch = _sft_setup(tiny("llama"), lr=1e-3)
   before = [x.sharding for x in jax.tree.leaves(params)]
   assert params["final_norm"]["scale"].sharding.spec == jax.P(None)
-  optimizer = step_lib.build_optimizer(dict(name="adam", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8,
-                                            weight_decay=0.0, clip_norm=1.0))
-  opt_state = step_lib.replicate_unsharded(optimizer.init(params), mesh)
-  step = step_lib.make_sft_step(graphdef, optimizer)
-  batch = {k: mesh_lib.put_batch(v, mesh) for k, v in _rl_batch(config, B=8).items()
-           if k in ("tokens", "valid", "turn1_mask", "turn2_mask")}
   for _ in range(3):
     params, opt_state, _ = step(params, opt_state, None, batch)
   assert [x.sharding for x in jax.tree.leaves(params)] == before
@@ -352,15 +356,8 @@ def test_bf16_params_train():
   away, so RL learning rates (1e-6..1e-5) need float32 params (`param_dtype=float32`,
   `dtype=bfloat16` computes in bf16 anyway).
   """
-  config = tiny("llama", dtype="bfloat16", param_dtype="bfloat16")
-  mesh = mesh_lib.make_mesh(fsdp=-1)
-  graphdef, params = model_lib.init_params(config, mesh, seed=0)
-  optimizer = step_lib.build_optimizer(dict(name="adam", lr=1e-2, b1=0.9, b2=0.999, eps=1e-8,
-                                            weight_decay=0.0, clip_norm=1.0))
-  opt_state = step_lib.replicate_unsharded(optimizer.init(params), mesh)
-  step = step_lib.make_sft_step(graphdef, optimizer)
-  batch = {k: mesh_lib.put_batch(v, mesh) for k, v in _rl_batch(config, B=8).items()
-           if k in ("tokens", "valid", "turn1_mask", "turn2_mask")}
+  params, opt_state, step, batch = _sft_setup(
+      tiny("llama", dtype="bfloat16", param_dtype="bfloat16"), lr=1e-2)
   first = None
   for _ in range(5):
     params, opt_state, out = step(params, opt_state, params, batch)
