@@ -9,7 +9,8 @@ up the id of a special piece such as "<end_of_turn>" (`token_id`). Three kinds:
 * `SentencePieceTokenizer` -- a SentencePiece `.model` file (Gemma's official
   `tokenizer.model`).
 * `HFTokenizer` -- a Hugging Face `tokenizer.json` (Llama 3, Qwen2, HF-format Gemma),
-  with `tokenizer_config.json` / `special_tokens_map.json` naming bos / eos / pad.
+  with `tokenizer_config.json` / `special_tokens_map.json` naming bos / eos / pad
+  (`score_jax/tokenizer_hf.py`, importable from here).
 
 Conventions shared by all three:
 
@@ -28,7 +29,6 @@ Conventions shared by all three:
 from __future__ import annotations
 
 import abc
-import json
 import pathlib
 import re
 from typing import Any, Iterable, Mapping, Sequence
@@ -272,122 +272,6 @@ class SentencePieceTokenizer(Tokenizer):
     return self._sp.id_to_piece(i)
 
 
-def _read_json(path: pathlib.Path) -> dict[str, Any]:
-  try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from e
-  if not isinstance(data, dict):
-    raise ValueError(f"{path} should hold a JSON object, found {type(data).__name__}")
-  return data
-
-
-def _token_content(value: Any) -> str | None:
-  """A special-token entry of tokenizer_config.json: a str, {"content": str} or null."""
-  if value is None or isinstance(value, str):
-    return value
-  if isinstance(value, dict) and isinstance(value.get("content"), str):
-    return value["content"]
-  raise ValueError(f"unexpected special-token entry {value!r}")
-
-
-class HFTokenizer(Tokenizer):
-  """A Hugging Face `tokenizer.json`, loaded with the `tokenizers` package.
-
-  bos / eos / pad come from (highest first) the constructor arguments,
-  tokenizer_config.json, then special_tokens_map.json next to tokenizer.json. A
-  null or missing bos_token means no BOS; a missing eos_token is looked up among
-  common EOS pieces; a missing pad_token falls back to "<pad>"-like pieces, then
-  to EOS. Decoding is the `tokenizers` decoder without transformers'
-  `clean_up_tokenization_spaces` (which is lossy), so ids round-trip to text.
-  """
-
-  def __init__(self, path: str | pathlib.Path, *, bos_token: str | None = None,
-               eos_token: str | None = None, pad_token: str | None = None):
-    import tokenizers  # pylint: disable=import-outside-toplevel
-    path = pathlib.Path(path).expanduser()
-    if path.is_dir():
-      path = path / "tokenizer.json"
-    if not path.is_file():
-      raise FileNotFoundError(f"HF tokenizer file {path} does not exist")
-    try:
-      self._tok = tokenizers.Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a bare Exception on bad files
-      raise ValueError(f"{path} is not a Hugging Face tokenizer.json: {e}") from e
-    self._tok.no_truncation()
-    self._tok.no_padding()
-    self.path = str(path)
-    vocab = self._tok.get_vocab(with_added_tokens=True)
-    self.vocab_size = max(vocab.values()) + 1
-
-    config: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # later wins
-      file = path.parent / name
-      if file.is_file():
-        for key, value in _read_json(file).items():
-          if key in ("bos_token", "eos_token", "pad_token"):
-            try:
-              config[key] = _token_content(value)
-            except ValueError as e:
-              raise ValueError(f"{file}: field {key}: {e}") from e
-            sources[key] = f"{file} field {key}"
-    for key, value in (("bos_token", bos_token), ("eos_token", eos_token),
-                       ("pad_token", pad_token)):
-      if value is not None:
-        config[key], sources[key] = value, f"argument {key}"
-
-    def lookup(key: str) -> int | None:
-      piece = config.get(key)
-      if piece is None:
-        return None
-      i = self._tok.token_to_id(piece)
-      if i is None:
-        raise ValueError(f"{sources[key]} names {piece!r}, which is not a token of {path}")
-      return i
-
-    self.bos_id = lookup("bos_token")
-    eos_id = lookup("eos_token")
-    if eos_id is None:
-      eos_id = next((self._tok.token_to_id(p) for p in _EOS_CANDIDATES
-                     if self._tok.token_to_id(p) is not None), None)
-    if eos_id is None:
-      raise ValueError(
-          f"cannot tell the end-of-sequence token of {path}: no eos_token in "
-          "tokenizer_config.json / special_tokens_map.json next to it and none of "
-          f"{_EOS_CANDIDATES} in its vocabulary; pass eos_token=...")
-    self.eos_id = eos_id
-    pad_id = lookup("pad_token")
-    if pad_id is None:
-      pad_id = next((self._tok.token_to_id(p) for p in _PAD_CANDIDATES
-                     if self._tok.token_to_id(p) is not None), self.eos_id)
-    self.pad_id = pad_id
-
-  def _encode(self, text: str) -> list[int]:
-    return self._tok.encode(text, add_special_tokens=False).ids
-
-  def encode_batch(self, texts: Iterable[str], *, add_bos: bool = False) -> list[list[int]]:
-    texts = list(texts)
-    for t in texts:
-      if not isinstance(t, str):
-        raise TypeError(f"HFTokenizer.encode_batch expects strs, got {type(t).__name__}")
-    prefix = [self.bos_id] if add_bos and self.bos_id is not None else []
-    return [prefix + e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
-
-  def _decode(self, ids: list[int], skip_special: bool) -> str:
-    return self._tok.decode(ids, skip_special_tokens=skip_special)
-
-  def token_id(self, piece: str) -> int | None:
-    return self._tok.token_to_id(piece)
-
-  def _id_to_piece(self, i: int) -> str:
-    piece = self._tok.id_to_token(i)
-    if piece is None:  # a hole in a non-contiguous vocabulary
-      raise ValueError(f"token id {i} is unused in {self.path}")
-    return piece
-
-
 def load_tokenizer(path: str | pathlib.Path, **kwargs: Any) -> Tokenizer:
   """Loads a tokenizer from a file or a checkpoint directory.
 
@@ -399,7 +283,7 @@ def load_tokenizer(path: str | pathlib.Path, **kwargs: Any) -> Tokenizer:
   p = pathlib.Path(path).expanduser()
   if p.is_dir():
     if (p / "tokenizer.json").is_file():
-      return HFTokenizer(p / "tokenizer.json", **kwargs)
+      return _hf_tokenizer(p / "tokenizer.json", **kwargs)
     if (p / "tokenizer.model").is_file():
       return SentencePieceTokenizer(p / "tokenizer.model", **kwargs)
     raise FileNotFoundError(
@@ -407,7 +291,7 @@ def load_tokenizer(path: str | pathlib.Path, **kwargs: Any) -> Tokenizer:
         "tokenizer.model (SentencePiece); point tokenizer.path at the tokenizer file")
   if p.is_file():
     if p.suffix == ".json":
-      return HFTokenizer(p, **kwargs)
+      return _hf_tokenizer(p, **kwargs)
     return SentencePieceTokenizer(p, **kwargs)
   raise FileNotFoundError(f"tokenizer path {p} does not exist")
 
@@ -455,7 +339,7 @@ def tokenizer_from_config(cfg: Mapping[str, Any]) -> Tokenizer:
   if kind == "sentencepiece":
     return SentencePieceTokenizer(path, **opts)
   if kind == "hf":
-    return HFTokenizer(path, **opts)
+    return _hf_tokenizer(path, **opts)
   return load_tokenizer(path)
 
 
@@ -474,3 +358,16 @@ def check_vocab_fits(tokenizer: Tokenizer, model_vocab_size: int, source: str) -
         f"but the model from {source} has vocab_size={model_vocab_size}: ids >= "
         f"{model_vocab_size} would index past its embedding. Use the tokenizer shipped with "
         f"the checkpoint, or a model with vocab_size >= {tokenizer.vocab_size}.")
+
+
+def _hf_tokenizer(*args: Any, **kwargs: Any) -> Tokenizer:
+  return __getattr__("HFTokenizer")(*args, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+  """`tokenizer.HFTokenizer`, imported on first use (it subclasses `Tokenizer`, so
+  `score_jax.tokenizer_hf` imports this module)."""
+  if name == "HFTokenizer":
+    from score_jax.tokenizer_hf import HFTokenizer  # pylint: disable=import-outside-toplevel
+    return HFTokenizer
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
