@@ -84,8 +84,11 @@ def run(config, workdir: str | pathlib.Path, *, once: bool = False) -> list[dict
   c = build_lib.build(config)
   problems = eval_problems(c)
   out = eval_dir(config, workdir)
-  writer = metrics_lib.MetricWriter(out / "metrics.jsonl", workdir / "tensorboard" / out.name)
-  done = {r["step"] for r in metrics_lib.read_jsonl(writer.path)}
+  # Every process evaluates (the sampler's arrays span all of them); process 0 writes.
+  is_writer = jax.process_index() == 0
+  writer = (metrics_lib.MetricWriter(out / "metrics.jsonl", workdir / "tensorboard" / out.name)
+            if is_writer else None)
+  done = {r["step"] for r in metrics_lib.read_jsonl(out / "metrics.jsonl")}
   ckpt_dir = workdir / "checkpoints"
   if once:
     reader = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, keep_best=False)
@@ -112,6 +115,9 @@ def run(config, workdir: str | pathlib.Path, *, once: bool = False) -> list[dict
                              turn2_tokens=config.eval.max_turn2_tokens)
     records = result.pop("records")
     line = {"stage": meta.get("stage"), **result}
+    lines.append({"step": step, **line})
+    if not is_writer:
+      continue
     writer.write(step, line)
     samples = out / "samples" / f"{step}.jsonl"
     samples.parent.mkdir(parents=True, exist_ok=True)
@@ -119,8 +125,8 @@ def run(config, workdir: str | pathlib.Path, *, once: bool = False) -> list[dict
     print(f"step {step} ({line['stage']}): acc_t1={line['acc_t1']:.3f} "
           f"acc_t2={line['acc_t2']:.3f} delta={line['delta']:+.3f} "
           f"i2c={line['delta_i2c']:.3f} c2i={line['delta_c2i']:.3f}", flush=True)
-    lines.append({"step": step, **line})
-  writer.close()
+  if writer is not None:
+    writer.close()
   c.task.close()
   return lines
 

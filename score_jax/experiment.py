@@ -19,6 +19,7 @@ import json
 import pathlib
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -139,13 +140,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
   results["_meta"] = {"seeds": seeds, "task": config.task.name,
                       "n": int(next(iter(per_seed.values()))[seeds[0]]["n"]),
                       "labels": {m: METHODS[m] for m in methods}}
-  (workdir / "results.json").write_text(json.dumps(results, indent=2))
-  (workdir / "samples.json").write_text(json.dumps(samples, indent=2))
   table = report.markdown_table(results, methods)
-  (workdir / "results.md").write_text(table + "\n")
-  report.plot_training(workdir, methods, seeds[0], results["_meta"]["labels"])
-  report.plot_results(workdir, results, methods)
-  print("\n" + table, flush=True)
+  if jax.process_index() == 0:     # every process ran everything; one writes the outputs
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    (workdir / "samples.json").write_text(json.dumps(samples, indent=2))
+    (workdir / "results.md").write_text(table + "\n")
+    report.plot_training(workdir, methods, seeds[0], results["_meta"]["labels"])
+    report.plot_results(workdir, results, methods)
+    print("\n" + table, flush=True)
   return results
 
 

@@ -38,6 +38,7 @@ from score_jax import build as build_lib
 from score_jax import checkpoint as checkpoint_lib
 from score_jax import cli
 from score_jax import config_lib
+from score_jax import evaluate as evaluate_lib
 from score_jax import losses
 from score_jax import main as main_lib
 from score_jax import mesh as mesh_lib
@@ -166,7 +167,13 @@ def worker_checks(argv: list[str]) -> None:
   (out_dir / f"checks{me}.json").write_text(json.dumps(got))
 
 
-WORKERS = {"train": worker_train, "checks": worker_checks}
+def worker_eval(argv: list[str]) -> None:
+  """`score_jax.evaluate` on the toy task with the parity reward."""
+  toy.ToyTask.rewards = _parity_rewards
+  evaluate_lib.main(argv)
+
+
+WORKERS = {"train": worker_train, "checks": worker_checks, "eval": worker_eval}
 
 
 # --- tests ---------------------------------------------------------------------------------
@@ -496,6 +503,21 @@ def test_two_processes_train_like_one_and_checkpoints_cross_over(tmp_path):
   p_two, meta_two = _final_params(two, 6)     # a 2-process checkpoint restored in 1 process
   assert meta_one["data_position"] == meta_two["data_position"]
   _assert_params_close(p_one, p_two)
+
+  # The evaluator on 2 processes: one line per checkpoint (process 0 writes), the numbers
+  # of a 1-process evaluation of the same checkpoint.
+  one_eval2 = tmp_path / "one_eval2"
+  shutil.copytree(one, one_eval2)
+  for workdir, processes in ((one, 1), (one_eval2, 2)):
+    launch("eval", [*RUN, "--workdir", str(workdir), "--once",
+                    f"--config.distributed={processes > 1}"],
+           processes=processes, devices=8 // processes, log_dir=tmp_path, timeout=600)
+  e_one = metrics_lib.read_jsonl(one / "eval" / "metrics.jsonl")
+  e_two = metrics_lib.read_jsonl(one_eval2 / "eval" / "metrics.jsonl")
+  assert [r["step"] for r in e_one] == [r["step"] for r in e_two] == [6]
+  assert e_one[0]["n"] == e_two[0]["n"] > 0
+  for key in ("acc_t1", "acc_t2", "delta"):   # greedy decoding on 1x8 vs 2x4 meshes
+    assert abs(e_one[0][key] - e_two[0][key]) <= 2 / e_one[0]["n"], (key, e_one, e_two)
 
   # Resume across the switch: 2 processes continue the 1-process run from step 4, and
   # 1 process continues the 2-process run from step 4; both end where the others did.
