@@ -152,6 +152,30 @@ def build_models(w: Workload, seed: int, device: str, need_hf: bool = True,
   return hf, lm
 
 
+@dataclasses.dataclass
+class Setup:
+  """What `setup` prepared: the workload, torch's device, which sides run, both models."""
+  workload: Workload
+  device: str
+  run_ours: bool
+  run_theirs: bool
+  hf: Any
+  lm: Any
+
+
+def setup(args) -> Setup:
+  """Workload, environment, torch threads and device, and the two models (a side that
+  `--side` leaves out gets None); call before JAX or torch is imported elsewhere."""
+  w = resolve_workload(args)
+  setup_env(w)
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(args.threads)
+  device = torch_device(w)
+  run_ours, run_theirs = args.side in ("both", "ours"), args.side in ("both", "theirs")
+  hf, lm = build_models(w, args.seed, device, need_hf=run_theirs, need_ours=run_ours)
+  return Setup(w, device, run_ours, run_theirs, hf, lm)
+
+
 def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int,
                      cpu_times: dict[str, list[float]] | None = None
                      ) -> dict[str, list[float]]:

@@ -53,10 +53,12 @@ class Shape:
   decode_new: int = 32
 
 
-# The 0.85B Llama of shared/bench/hf_anchor.py at its training shape (a GPU / TPU workload).
-ANCHOR = Shape(layers=16, embed=2048, heads=32, kv_heads=8, head_dim=64, mlp=5632,
-               vocab=32000, batch=8, seq=1024, decode_batch=64, decode_prompt=256,
-               decode_new=64)
+# The 0.85B Llama of shared/bench/hf_anchor.py (benchmarks/_common.py's "anchor" workload)
+# at its training shape; decode from its sampler prompt, 64 new tokens. A GPU / TPU workload.
+_A = common.WORKLOADS["anchor"]
+ANCHOR = Shape(layers=_A.layers, embed=_A.embed, heads=_A.heads, kv_heads=_A.kv_heads,
+               head_dim=_A.embed // _A.heads, mlp=_A.mlp, vocab=_A.vocab, batch=_A.train_batch,
+               seq=_A.train_seq, decode_batch=_A.batch, decode_prompt=_A.prompt, decode_new=64)
 
 SMOKE = Shape(layers=2, embed=64, heads=4, kv_heads=2, head_dim=16, mlp=128, vocab=256,
               batch=8, seq=32, decode_batch=8, decode_prompt=8, decode_new=4)

@@ -136,14 +136,11 @@ def summarize(times: list[float], times_1: list[float] | None, first: float,
 
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
-  w = common.resolve_workload(args)
-  common.setup_env(w)
+  s = common.setup(args)
+  w, device, run_ours, run_theirs, hf, lm = (s.workload, s.device, s.run_ours, s.run_theirs,
+                                             s.hf, s.lm)
   import numpy as np  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
-  torch.set_num_threads(args.threads)
-  device = common.torch_device(w)
-  run_ours, run_theirs = args.side in ("both", "ours"), args.side in ("both", "theirs")
-  hf, lm = common.build_models(w, args.seed, device, need_hf=run_theirs, need_ours=run_ours)
   tokens = np.random.default_rng(args.seed).integers(0, w.vocab, (w.batch, w.prompt),
                                                      dtype=np.int32)
   counter = itertools.count(1)

@@ -165,13 +165,9 @@ def theirs_step(hf, batch_np: dict[str, Any], kind: str, device: str) -> tuple[A
 
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
-  w = common.resolve_workload(args)
-  common.setup_env(w)
-  import torch  # pylint: disable=import-outside-toplevel
-  torch.set_num_threads(args.threads)
-  device = common.torch_device(w)
-  run_ours, run_theirs = args.side in ("both", "ours"), args.side in ("both", "theirs")
-  hf, lm = common.build_models(w, args.seed, device, need_hf=run_theirs, need_ours=run_ours)
+  s = common.setup(args)
+  w, device, run_ours, run_theirs, hf, lm = (s.workload, s.device, s.run_ours, s.run_theirs,
+                                             s.hf, s.lm)
   if hf is not None:
     n_params = sum(p.numel() for p in hf.parameters())
   else:

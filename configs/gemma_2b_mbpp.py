@@ -42,38 +42,20 @@ Paper hyperparameters (Table 5, MBPP): Adam, lr 1e-5, 1500 steps, batch 128, tem
   best by training reward.
 """
 
-from configs import base as base_config
-
-PROBLEMS_PER_STEP = 32
-SAMPLES_PER_PROBLEM = 4
+from configs import gemma2_2b_math
 
 
 def get_config():
-  c = base_config.get_config()
-  # Fields that must be set on the command line; the trainer and eval loop refuse to start
-  # while one is empty (score_jax.plan.validate).
-  c.required_fields = ("init.checkpoint",)
+  # The recipe of configs/gemma2_2b_math.py (same batch, baseline, KL, optimiser, remat,
+  # mesh); what differs for MBPP follows.
+  c = gemma2_2b_math.get_config()
   c.init.checkpoint = ""             # REQUIRED: HF directory of google/gemma-1.1-2b-it
-  c.tokenizer.update(kind="auto", path="")
-  c.chat_format = "gemma"
-  c.mesh.update(data=1, fsdp=-1, tensor=1)
-  # The architecture comes from the checkpoint's config.json; these apply to it.
-  c.model.update(family="gemma", dtype="bfloat16", param_dtype="float32", remat="full")
-
-  c.task.update(name="mbpp", data_dir="../shared/data", train_split="train",
-                eval_split="test", eval_limit=0, workers=32, timeout_s=10.0)
-  c.rollout.update(max_prompt_len=1024, max_turn1_tokens=512, max_turn2_tokens=512,
-                   max_instruction_len=128, temperature=1.0, top_k=0, top_p=1.0,
-                   samples_per_prompt=SAMPLES_PER_PROBLEM, offline_fraction=0.0)
-  c.rl.update(alpha=10.0, beta1=0.01, beta2=0.25, kl_estimator="k2", kl_mode="loss",
-              baseline="loo", normalization="token", stage2_reference="base")
-  c.plan.update(stages="stage1,stage2", sft_steps=0, stage1_steps=500, stage2_steps=1000,
-                single_turn_steps=0, interleave=0)
-  c.optim.update(name="adam", lr=1e-5, warmup_steps=0, schedule="constant", b1=0.9,
-                 b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=1.0)
-  c.train.update(batch_size=PROBLEMS_PER_STEP, micro_batches=16, log_every=1,
-                 max_nan_steps=3, tensorboard=True)
-  c.checkpoint.update(every=50, keep=3, keep_best=True, async_save=True)
-  c.eval.update(batch_size=100, max_turn1_tokens=512, max_turn2_tokens=512, poll_s=60.0,
-                timeout_s=6 * 3600.0)
+  c.model.update(family="gemma")
+  c.task.update(name="mbpp")
+  c.rollout.update(max_prompt_len=1024, max_turn1_tokens=512, max_turn2_tokens=512)
+  c.rl.update(beta2=0.25)
+  c.plan.update(stage1_steps=500, stage2_steps=1000)
+  c.optim.update(lr=1e-5)
+  c.checkpoint.update(every=50)
+  c.eval.update(max_turn1_tokens=512, max_turn2_tokens=512)
   return c

@@ -100,12 +100,6 @@ def global_batch(parts: Parts, mesh: jax.sharding.Mesh | None) -> dict[str, jax.
   return batches[0] if len(batches) == 1 else _concat_rows(mesh, batches)
 
 
-def count_tokens(parts: Parts) -> float:
-  """Valid tokens of the whole global batch (a collective on several processes)."""
-  return float(sum(sum(mesh_lib.gather_rows(ep.valid_BT.sum(axis=1).tolist(), split))
-                   for ep, split in parts))
-
-
 def sampling_method(rollout_cfg: ml_collections.ConfigDict):
   t = float(rollout_cfg.temperature)
   if t == 0.0:
@@ -362,7 +356,7 @@ class Trainer:
                                                    else params, batch)
       out = {k: float(v) for k, v in jax.device_get(out).items()}
       elapsed = time.perf_counter() - t0
-      tokens = count_tokens(parts)
+      tokens = float(jnp.sum(batch["valid"]))    # the global batch's valid tokens
       record = {"stage": stage, "lr": lr, **stats, **out, "step_time_s": elapsed,
                 "rollout_time_s": t_rollout, "reshard_time_s": reshard_s,
                 "tokens_per_s": tokens / elapsed}

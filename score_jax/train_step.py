@@ -200,14 +200,14 @@ def make_rl_step(graphdef: Any, optimizer: optax.GradientTransformation,
         jnp.abs(jax.lax.stop_gradient(logp_BT) - mb["sampler_logprobs"]), trained)
     return loss, metrics
 
-  def step(params, opt_state, ref_params, batch):
-    def with_ref_logp(ref_params, mb):
-      # The frozen reference scores each micro-batch inside the accumulation loop, so its
-      # [b, T, V] logits never exist for the whole batch at once.
-      ref_logits_BTV, _ = model_lib.forward(graphdef, ref_params, mb["tokens"], mb["valid"])
-      return dict(mb, ref_logp=jax.lax.stop_gradient(
-          losses.token_logprobs(ref_logits_BTV, mb["tokens"])))
+  def with_ref_logp(ref_params, mb):
+    # The frozen reference scores each micro-batch inside the accumulation loop, so its
+    # [b, T, V] logits never exist for the whole batch at once.
+    ref_logits_BTV, _ = model_lib.forward(graphdef, ref_params, mb["tokens"], mb["valid"])
+    return dict(mb, ref_logp=jax.lax.stop_gradient(
+        losses.token_logprobs(ref_logits_BTV, mb["tokens"])))
 
+  def step(params, opt_state, ref_params, batch):
     loss, grads, metrics = _accumulate(loss_fn, params, batch, micro_batches, with_ref_logp,
                                        ref_params)
     params, opt_state, grad_norm, skipped = _apply(optimizer, params, opt_state, grads, loss)
