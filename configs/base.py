@@ -23,6 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
       data=1,                        # pure data parallelism
       fsdp=-1,                       # data parallel + parameter sharding
       tensor=1,                      # tensor (model) parallelism
+      sampling_fsdp=True,            # False: rollouts decode from a per-step copy of the
+                                     # params without FSDP sharding (score_jax.reshard)
   ))
 
   # Model architecture (ModelConfig fields). Ignored where init.checkpoint gives one.

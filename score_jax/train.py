@@ -145,7 +145,7 @@ class Trainer:
     self.two_turn = self.c.two_turn(config.rollout.max_turn1_tokens,
                                     config.rollout.max_turn2_tokens)
     self.method = sampling_method(config.rollout)
-    self.sampling = reshard_lib.SamplingParams(fsdp=config.mesh.get("sampling_fsdp", True))
+    self.sampling = reshard_lib.SamplingParams(fsdp=config.mesh.sampling_fsdp)
     self._steps: dict[str, Any] = {}
 
   # --- state -------------------------------------------------------------------------
