@@ -3,7 +3,7 @@
   JAX_PLATFORMS=cuda python benchmarks/attention.py       # anchor shapes, bf16, on a GPU
   python benchmarks/attention.py --smoke                  # CPU, tiny, "xla" stands in
 
-Checks, then times, what `model.attention` chooses between (score_jax.layers):
+Checks, then times, what `model.attention` chooses between (score_jax.model.layers):
 - kernel: `dot_product_attention` (float32 scores materialised) against `fused_attention`
   (`jax.nn.dot_product_attention`, implementation "cudnn"; on a CPU "xla") on
   B x T x N x H queries with GQA, left padding and a causal mask: the largest difference of
@@ -56,7 +56,7 @@ def bench_kernel(args, impl: str) -> dict[str, Any]:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from score_jax import layers  # pylint: disable=import-outside-toplevel
+  from score_jax.model import layers  # pylint: disable=import-outside-toplevel
   dtype = jnp.float32 if args.smoke else jnp.bfloat16
   q, k, v, g, mask, rows_BT = _inputs(args.batch, args.seq, args.heads, args.kv_heads,
                                       args.head_dim, dtype)
@@ -90,8 +90,8 @@ def check_model(args, impl: str) -> dict[str, Any]:
     return {"skipped": "model check needs the cudnn kernel (a GPU)"}
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from score_jax import model as model_lib  # pylint: disable=import-outside-toplevel
-  from score_jax.model_config import ModelConfig  # pylint: disable=import-outside-toplevel
+  from score_jax.model import transformer as model_lib  # pylint: disable=import-outside-toplevel
+  from score_jax.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
   config = ModelConfig(vocab_size=512, num_layers=4, embed_dim=256, hidden_dim=512,
                        num_heads=8, num_kv_heads=4, head_dim=64, dtype="bfloat16",
                        attention="xla")

@@ -3,8 +3,8 @@
   python benchmarks/math_grader.py [path/to/shared/data]
 """
 import json, os, pathlib, time, sys
-from score_jax.tasks import math_grading
-from score_jax.tasks.math import extract_answer, grade_batch
+from score_jax.tasks.math import grading as math_grading
+from score_jax.tasks.math.task import extract_answer, grade_batch
 
 def cpu_of(pids):
   tot = 0.0

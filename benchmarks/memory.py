@@ -102,14 +102,14 @@ def setup_env(args) -> None:
 
 
 def model_config(shape: Shape, args):
-  from score_jax.model_config import ModelConfig  # pylint: disable=import-outside-toplevel
+  from score_jax.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
   return ModelConfig(vocab_size=shape.vocab, num_layers=shape.layers, embed_dim=shape.embed,
                      hidden_dim=shape.mlp, num_heads=shape.heads, num_kv_heads=shape.kv_heads,
                      head_dim=shape.head_dim, dtype=args.dtype, param_dtype=args.param_dtype,
                      tie_embeddings=True)
 
 
-def make_batch(shape: Shape, seed: int = 0) -> dict[str, Any]:
+def make_batch(shape: Shape, seed: int = 0) -> Any:
   """A two-turn batch: y1 = positions [T/4, T/2), y2 = [5T/8, T), binary rewards."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(seed)
@@ -118,11 +118,12 @@ def make_batch(shape: Shape, seed: int = 0) -> dict[str, Any]:
   t1[:, T // 4:T // 2] = True
   t2 = np.zeros((B, T), bool)
   t2[:, 5 * T // 8:] = True
-  return {"tokens": rng.integers(0, shape.vocab, (B, T)).astype(np.int32),
-          "valid": np.ones((B, T), bool), "turn1_mask": t1, "turn2_mask": t2,
-          "r1": rng.integers(0, 2, B).astype(np.float32),
-          "r2": rng.integers(0, 2, B).astype(np.float32),
-          "sampler_logprobs": np.zeros((B, T), np.float32)}
+  from score_jax.rl.episode import Episode  # pylint: disable=import-outside-toplevel
+  return Episode(tokens_BT=rng.integers(0, shape.vocab, (B, T)).astype(np.int32),
+                 valid_BT=np.ones((B, T), bool), turn1_mask_BT=t1, turn2_mask_BT=t2,
+                 r1_B=rng.integers(0, 2, B).astype(np.float32),
+                 r2_B=rng.integers(0, 2, B).astype(np.float32),
+                 sampler_logprobs_BT=np.zeros((B, T), np.float32))
 
 
 def step_memory(compiled) -> dict[str, int]:
@@ -148,10 +149,11 @@ def build_step(shape: Shape, args, remat: str) -> tuple[Any, dict[str, Any]]:
   """Compiles one train step with `remat`; returns (call running one step, its row)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from score_jax import losses  # pylint: disable=import-outside-toplevel
   from score_jax import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-  from score_jax import model as model_lib  # pylint: disable=import-outside-toplevel
-  from score_jax import train_step as step_lib  # pylint: disable=import-outside-toplevel
+  from score_jax import multihost  # pylint: disable=import-outside-toplevel
+  from score_jax.model import transformer as model_lib  # pylint: disable=import-outside-toplevel
+  from score_jax.rl import losses  # pylint: disable=import-outside-toplevel
+  from score_jax.rl import step as step_lib  # pylint: disable=import-outside-toplevel
 
   config = model_config(shape, args).replace(remat=remat)
   mesh = mesh_lib.make_mesh(fsdp=-1)
@@ -159,14 +161,15 @@ def build_step(shape: Shape, args, remat: str) -> tuple[Any, dict[str, Any]]:
   optimizer = step_lib.build_optimizer(dict(name="adam", lr=1e-5, b1=0.9, b2=0.999, eps=1e-8,
                                             weight_decay=0.0, clip_norm=1.0))
   opt_state = step_lib.replicate_unsharded(optimizer.init(params), mesh)
+  shardings = step_lib.step_shardings(optimizer, params, mesh)
   if args.step == "rl":
     cfg = losses.LossConfig(stage="stage2", baseline="batch_mean", samples_per_prompt=1)
-    step = step_lib.make_rl_step(graphdef, optimizer, cfg, args.micro_batches)
+    step = step_lib.make_rl_step(graphdef, optimizer, cfg, args.micro_batches, shardings)
     ref = jax.tree.map(jnp.copy, params)
   else:
-    step = step_lib.make_sft_step(graphdef, optimizer, args.micro_batches)
+    step = step_lib.make_sft_step(graphdef, optimizer, args.micro_batches, shardings)
     ref = None
-  batch = {k: mesh_lib.put_batch(v, mesh) for k, v in make_batch(shape).items()}
+  batch = jax.tree.map(lambda x: multihost.put_batch(x, mesh), make_batch(shape))
   t = time.perf_counter()
   compiled = step.lower(params, opt_state, ref, batch).compile()
   compile_s = time.perf_counter() - t
@@ -210,7 +213,7 @@ def bench_reshard(shape: Shape, args) -> dict[str, Any]:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from score_jax import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-  from score_jax import model as model_lib  # pylint: disable=import-outside-toplevel
+  from score_jax.model import transformer as model_lib  # pylint: disable=import-outside-toplevel
   from score_jax import reshard  # pylint: disable=import-outside-toplevel
   from score_jax import sampler as sampler_lib  # pylint: disable=import-outside-toplevel
 

@@ -6,7 +6,7 @@
   python benchmarks/train_step.py --smoke             # seconds: checks that it runs
 
 One optimizer step = forward + backward + AdamW update over `train_batch x train_seq`
-tokens. Ours (`--step sft`, default): `score_jax.train_step.make_sft_step` (masked mean
+tokens. Ours (`--step sft`, default): `score_jax.rl.step.make_sft_step` (masked mean
 NLL over every predicted token), jitted, params and optimizer state donated; compilation
 is timed separately. Ours (`--step rl`): `make_rl_step` on a two-turn batch (prompt,
 y1, instruction, y2 in one row; turn masks on y1 and y2; Stage II loss, batch-mean
@@ -47,7 +47,7 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def make_batch(w: common.Workload, seed: int) -> dict[str, Any]:
+def make_batch(w: common.Workload, seed: int) -> Any:
   """A two-turn batch (numpy): row = [prompt | y1 | instruction | y2] in quarters/eighths.
 
   turn1_mask covers y1 = [T/4, T/2), turn2_mask covers y2 = [5T/8, T); for sft the
@@ -61,34 +61,36 @@ def make_batch(w: common.Workload, seed: int) -> dict[str, Any]:
   t1[:, T // 4:T // 2] = True
   t2 = np.zeros((B, T), bool)
   t2[:, 5 * T // 8:] = True
-  return {"tokens": tokens, "valid": np.ones((B, T), bool), "turn1_mask": t1,
-          "turn2_mask": t2, "r1": rng.integers(0, 2, B).astype(np.float32),
-          "r2": rng.integers(0, 2, B).astype(np.float32),
-          "sampler_logprobs": np.zeros((B, T), np.float32)}
+  from score_jax.rl.episode import Episode  # pylint: disable=import-outside-toplevel
+  return Episode(tokens_BT=tokens, valid_BT=np.ones((B, T), bool), turn1_mask_BT=t1,
+                 turn2_mask_BT=t2, r1_B=rng.integers(0, 2, B).astype(np.float32),
+                 r2_B=rng.integers(0, 2, B).astype(np.float32),
+                 sampler_logprobs_BT=np.zeros((B, T), np.float32))
 
 
-def ours_step(lm, batch_np: dict[str, Any], kind: str,
+def ours_step(lm, batch_np: Any, kind: str,
               attention: str | None = None) -> tuple[Any, dict[str, float]]:
   """A call that runs one of our jitted steps (state threaded through the donations);
   `attention` replaces the model's `attention` kernel choice."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from score_jax import losses  # pylint: disable=import-outside-toplevel
-  from score_jax import train_step as ts  # pylint: disable=import-outside-toplevel
+  from score_jax.rl import losses  # pylint: disable=import-outside-toplevel
+  from score_jax.rl import step as ts  # pylint: disable=import-outside-toplevel
   opt = ts.build_optimizer(dict(name="adamw", lr=LR, b1=BETAS[0], b2=BETAS[1], eps=EPS,
                                 weight_decay=WEIGHT_DECAY, clip_norm=0.0))
-  from score_jax import model as model_lib  # pylint: disable=import-outside-toplevel
+  from score_jax.model import transformer as model_lib  # pylint: disable=import-outside-toplevel
   graphdef, params = lm.graphdef, lm.params
   if attention is not None:     # a second side: its own params (each side donates its own)
     graphdef = model_lib.abstract_params(lm.config.replace(attention=attention))[0]
     params = jax.tree.map(jnp.copy, lm.params)
-  batch = dict(batch_np)
+  batch = batch_np
   if kind == "sft":
     step = ts.make_sft_step(graphdef, opt)
-    batch["turn1_mask"] = np.ones_like(batch["valid"])
-    batch["turn1_mask"][:, 0] = False
-    batch["turn2_mask"] = np.zeros_like(batch["valid"])
+    every_predicted_BT = np.ones_like(batch.valid_BT)
+    every_predicted_BT[:, 0] = False
+    batch = batch._replace(turn1_mask_BT=every_predicted_BT,
+                           turn2_mask_BT=np.zeros_like(batch.valid_BT))
     ref = None
   else:
     cfg = losses.LossConfig(stage="stage2", baseline="batch_mean", kl_estimator="k3",
@@ -96,7 +98,7 @@ def ours_step(lm, batch_np: dict[str, Any], kind: str,
     step = ts.make_rl_step(graphdef, opt, cfg)
     ref = jax.tree.map(jnp.copy, params)             # own buffers: params are donated
   device = jax.tree.leaves(params)[0].sharding
-  batch = {k: jax.device_put(v, device) for k, v in batch.items()}
+  batch = jax.tree.map(lambda v: jax.device_put(v, device), batch)
   # opt.init leaves its scalars (step count, learning rate) uncommitted while the step
   # returns them committed: without this put, the second call compiles the step again.
   state = {"params": params, "opt": jax.device_put(opt.init(params), device),
@@ -111,7 +113,7 @@ def ours_step(lm, batch_np: dict[str, Any], kind: str,
   return call, state
 
 
-def theirs_step(hf, batch_np: dict[str, Any], kind: str, device: str) -> tuple[Any, dict]:
+def theirs_step(hf, batch_np: Any, kind: str, device: str) -> tuple[Any, dict]:
   """A call that runs one transformers forward + backward + AdamW step."""
   import copy  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
@@ -124,8 +126,8 @@ def theirs_step(hf, batch_np: dict[str, Any], kind: str, device: str) -> tuple[A
     opt = torch.optim.AdamW(hf.parameters(), lr=LR, betas=BETAS, eps=EPS,
                             weight_decay=WEIGHT_DECAY)
     fused = False
-  t = {k: torch.as_tensor(v, device=device) for k, v in batch_np.items()}
-  ids = t["tokens"].long()
+  t = {k: torch.as_tensor(v, device=device) for k, v in batch_np._asdict().items()}
+  ids = t["tokens_BT"].long()
   ref = copy.deepcopy(hf).eval() if kind == "rl" else None
   state = {"losses": [], "fused_adamw": fused}
 
@@ -138,10 +140,10 @@ def theirs_step(hf, batch_np: dict[str, Any], kind: str, device: str) -> tuple[A
     with torch.no_grad():
       ref_logp = token_logp(ref(input_ids=ids).logits, ids)
     logp = token_logp(logits, ids)
-    r1, r2 = t["r1"], t["r2"]
+    r1, r2 = t["r1_B"], t["r2_B"]
     r2 = r2 + 10.0 * (r2 - r1)                               # Stage II shaping, alpha 10
     loss = 0.0
-    for mask, r in ((t["turn1_mask"], r1), (t["turn2_mask"], r2)):
+    for mask, r in ((t["turn1_mask_BT"], r1), (t["turn2_mask_BT"], r2)):
       m = mask.float()
       adv = (r - r.mean())[:, None]
       d = ref_logp - logp
@@ -217,7 +219,7 @@ def main(argv=None) -> dict[str, Any]:
     result["ratio_ours_over_theirs"] = common.ratio(sides["ours"]["tokens_per_s"],
                                                     sides["theirs"]["tokens_per_s"])
   if "ours_xla" in sides:
-    from score_jax import layers  # pylint: disable=import-outside-toplevel
+    from score_jax.model import layers  # pylint: disable=import-outside-toplevel
     result["attention_ours"] = ("cudnn" if layers.use_cudnn_attention(lm.config) else "xla")
     if run_theirs:
       result["ratio_ours_xla_over_theirs"] = common.ratio(sides["ours_xla"]["tokens_per_s"],

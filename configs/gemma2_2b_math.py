@@ -51,7 +51,7 @@ SAMPLES_PER_PROBLEM = 4
 def get_config():
   c = base_config.get_config()
   # Fields that must be set on the command line; the trainer and eval loop refuse to start
-  # while one is empty (score_jax.plan.validate).
+  # while one is empty (score_jax.rl.plan.validate).
   c.required_fields = ("init.checkpoint",)
   c.init.checkpoint = ""             # REQUIRED: HF directory of google/gemma-2-2b-it
   c.tokenizer.update(kind="auto", path="")

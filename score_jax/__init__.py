@@ -10,6 +10,6 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
   if name in ("load", "export_hf", "LM"):
-    from score_jax import api  # pylint: disable=import-outside-toplevel
-    return getattr(api, name)
+    from score_jax.hub import lm as lm_lib  # pylint: disable=import-outside-toplevel
+    return getattr(lm_lib, name)
   raise AttributeError(f"module 'score_jax' has no attribute {name!r}")

@@ -13,15 +13,16 @@ from typing import Any
 import jax
 import ml_collections
 
-from score_jax import chat as chat_lib
+from score_jax import checkpoint as checkpoint_lib
 from score_jax import config_lib
 from score_jax import mesh as mesh_lib
-from score_jax import model as model_lib
-from score_jax import model_config as model_config_lib
-from score_jax import rollout as rollout_lib
-from score_jax import tokenizer as tokenizer_lib
+from score_jax.model import config as model_config_lib
+from score_jax.model import transformer as model_lib
+from score_jax.rl import rollout as rollout_lib
 from score_jax.tasks import base as task_base
 from score_jax.tasks import registry
+from score_jax.text import chat as chat_lib
+from score_jax.text import tokenizer as tokenizer_lib
 
 
 @dataclasses.dataclass
@@ -65,8 +66,8 @@ def build(config: ml_collections.ConfigDict, *, with_params: bool = True) -> Com
   task_cfg["data_dir"] = resolve_data_dir(config)
   task = registry.make_task(task_cfg)
   if config.init.checkpoint:
-    from score_jax import api  # pylint: disable=import-outside-toplevel
-    lm = api.load(config.init.checkpoint, dtype=config.model.param_dtype,
+    from score_jax.hub import lm as lm_lib  # pylint: disable=import-outside-toplevel
+    lm = lm_lib.load(config.init.checkpoint, dtype=config.model.param_dtype,
                   compute_dtype=config.model.dtype, mesh=mesh)
     model_config = lm.config.replace(remat=config.model.remat,
                                       attention=config.model.attention)
@@ -84,29 +85,17 @@ def build(config: ml_collections.ConfigDict, *, with_params: bool = True) -> Com
       graphdef, params = model_lib.abstract_params(model_config, seed=config.seed)
   chat = chat_lib.chat_format(config.chat_format, tokenizer=tokenizer)
   if config.init.params and with_params:
-    params = load_params(config.init.params, params)
+    try:
+      params, _, _ = checkpoint_lib.restore_params(config.init.params, params)
+    except FileNotFoundError as e:
+      raise ValueError(f"config.init.params={config.init.params!r}: {e}") from e
   tokenizer_lib.check_vocab_fits(tokenizer, model_config.vocab_size,
                                  source=config.tokenizer.path or f"{config.tokenizer.kind} tokenizer")
   return Components(config, mesh, task, tokenizer, chat, model_config, graphdef, params)
 
 
-def load_params(checkpoints_dir: str, like: Any) -> Any:
-  """Params of the latest checkpoint in a score_jax checkpoints dir, in `like`'s shardings."""
-  from score_jax import checkpoint as checkpoint_lib  # pylint: disable=import-outside-toplevel
-  reader = checkpoint_lib.Checkpointer(checkpoints_dir, read_only=True, keep_best=False)
-  step = reader.latest_step()
-  if step is None:
-    raise ValueError(f"config.init.params={checkpoints_dir!r} holds no finished checkpoint")
-  params, _, _ = reader.restore(step, like)
-  return params
-
-
 def _tokenizer(config: ml_collections.ConfigDict, task: task_base.Task):
   cfg = config_lib.to_plain(config.tokenizer)
   if cfg["kind"] == "char":
-    alphabet = getattr(task, "alphabet", None)
-    if alphabet is None:
-      raise ValueError(f"config.tokenizer.kind='char' needs a task with an alphabet; task "
-                       f"{task.name!r} has none: use sentencepiece / hf with a path")
-    cfg["alphabet"] = alphabet
+    cfg["alphabet"] = task.alphabet()
   return tokenizer_lib.tokenizer_from_config(cfg)

@@ -13,14 +13,13 @@ checkpoints by highest training reward).
 from __future__ import annotations
 
 import pathlib
-
-from etils import epath
 import time
 from typing import Any, Iterator
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 _REWARD_KEY = "train_reward"
 
@@ -103,6 +102,25 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def latest_step(directory: str | pathlib.Path) -> int | None:
+  """The latest finished step in a checkpoints directory (None when it holds none)."""
+  return Checkpointer(directory, read_only=True, keep_best=False).latest_step()
+
+
+def restore_params(directory: str | pathlib.Path, like: Any, step: int | None = None
+                   ) -> tuple[Any, dict[str, Any], int]:
+  """(params, meta, step) of `step` (default: the latest) in `like`'s shardings.
+
+  Raises FileNotFoundError naming the directory when it holds no finished checkpoint.
+  """
+  reader = Checkpointer(directory, read_only=True, keep_best=False)
+  step = reader.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no finished checkpoint in {reader.directory}")
+  params, _, meta = reader.restore(step, like)
+  return params, meta, step
 
 
 def follow(directory: str | pathlib.Path, *, poll_s: float, timeout_s: float,

@@ -1,4 +1,8 @@
-"""Config files and command-line overrides (ml_collections), with errors a user can act on.
+"""Config files, command-line overrides and the command line itself (ml_collections).
+
+  --config PATH            a config file with get_config()
+  --workdir DIR            where checkpoints, metrics and plots go
+  --config.a.b=VALUE       overrides (unknown fields fail with the closest names)
 
 A config file is a Python file with `get_config() -> ml_collections.ConfigDict`
 (`configs/base.py` documents every field). Overrides are `--config.section.field=value`;
@@ -10,6 +14,7 @@ dataclasses that are hashable and can be static arguments of `jax.jit`.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import difflib
 import importlib.util
@@ -132,3 +137,25 @@ def to_plain(node: Any) -> Any:
   if isinstance(node, list):
     return tuple(to_plain(v) for v in node)
   return node
+
+
+def parse(argv: Sequence[str], description: str, extra: Sequence[tuple[str, dict]] = ()
+          ) -> tuple[ml_collections.ConfigDict, argparse.Namespace]:
+  """The command line of `score_jax.main` / `score_jax.evaluate`: config, workdir, extras."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py")
+  parser.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics)")
+  for name, kwargs in extra:
+    parser.add_argument(name, **kwargs)
+  args, rest = parser.parse_known_args(argv)
+  try:
+    config = load(args.config, rest)
+  except ConfigError as e:
+    parser.exit(2, f"error: {e}\n")
+  return config, args
+
+
+def die(message: str) -> None:
+  """Prints `error: message` to stderr and exits with status 1 (the CLIs' one-line errors)."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(1)

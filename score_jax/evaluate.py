@@ -22,10 +22,11 @@ import tqdm
 
 from score_jax import build as build_lib
 from score_jax import checkpoint as checkpoint_lib
-from score_jax import cli
+from score_jax import config_lib
 from score_jax import metrics as metrics_lib
-from score_jax import plan as plan_lib
+from score_jax import multihost
 from score_jax import sampler as sampler_lib
+from score_jax.rl import plan as plan_lib
 from score_jax.tasks import base as task_base
 
 
@@ -53,9 +54,7 @@ def evaluate_params(c: build_lib.Components, params: Any, problems: Sequence[tas
     r2 += result.episode.r2_B[:n].tolist()
     y1 += result.y1[:n]
     y2 += result.y2[:n]
-  answers1 = [c.task.answer_key(y) for y in y1]
-  answers2 = [c.task.answer_key(y) for y in y2]
-  out = metrics_lib.two_turn_metrics(r1, r2, answers1, answers2, y1, y2)
+  out = metrics_lib.attempt_metrics(r1, r2, y1, y2, c.task.answer_key)
   out["records"] = [{"uid": p.uid, "y1": a, "y2": b, "r1": x, "r2": z}
                     for p, a, b, x, z in zip(problems, y1, y2, r1, r2)]
   return out
@@ -90,14 +89,13 @@ def run(config, workdir: str | pathlib.Path, *, once: bool = False) -> list[dict
             if is_writer else None)
   done = {r["step"] for r in metrics_lib.read_jsonl(out / "metrics.jsonl")}
   ckpt_dir = workdir / "checkpoints"
+  reader = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, keep_best=False)
   if once:
-    reader = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, keep_best=False)
     latest = reader.latest_step()
     if latest is None:
       raise FileNotFoundError(f"no finished checkpoint in {ckpt_dir}")
     steps: Any = [latest]
   else:
-    reader = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, keep_best=False)
     steps = checkpoint_lib.follow(ckpt_dir, poll_s=config.eval.poll_s,
                                   timeout_s=config.eval.timeout_s)
   lines = []
@@ -132,14 +130,14 @@ def run(config, workdir: str | pathlib.Path, *, once: bool = False) -> list[dict
 
 
 def main(argv: list[str] | None = None) -> None:
-  config, args = cli.parse(sys.argv[1:] if argv is None else argv, __doc__,
-                           extra=[("--once", dict(action="store_true",
-                                                  help="evaluate the latest checkpoint, exit"))])
-  cli.maybe_initialize_distributed(config)
+  config, args = config_lib.parse(
+      sys.argv[1:] if argv is None else argv, __doc__,
+      extra=[("--once", dict(action="store_true", help="evaluate the latest checkpoint, exit"))])
   try:
+    multihost.maybe_initialize_distributed(config)
     run(config, args.workdir, once=args.once)
   except (ValueError, FileNotFoundError) as e:
-    cli.die(str(e))
+    config_lib.die(str(e))
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ import numpy as np
 from score_jax import build as build_lib
 from score_jax import checkpoint as checkpoint_lib
 from score_jax import evaluate as evaluate_lib
-from score_jax import plan as plan_lib
+from score_jax import metrics as metrics_lib
 from score_jax import report
 from score_jax import train
+from score_jax.rl import plan as plan_lib
 
 # Method name -> (label in tables, how its training run differs from the base config).
 # `rl` means the experiment's RL steps (experiment.rl_steps), split between Stage I and II
@@ -84,15 +85,15 @@ def base_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   """Runs (or resumes, or skips when finished) one training run."""
   total = plan_lib.total_steps(plan_lib.build_plan(config.plan))
-  reader = checkpoint_lib.Checkpointer(workdir / "checkpoints", read_only=True, keep_best=False)
-  if reader.latest_step() == total:
+  if checkpoint_lib.latest_step(workdir / "checkpoints") == total:
     print(f"{workdir}: already trained ({total} steps)", flush=True)
     return
   train.Trainer(config, workdir).run()
 
 
 def _final_params(workdir: pathlib.Path, like: Any) -> Any:
-  return build_lib.load_params(str(workdir / "checkpoints"), like)
+  params, _, _ = checkpoint_lib.restore_params(workdir / "checkpoints", like)
+  return params
 
 
 def _parse_list(text: str, cast=str) -> list:
@@ -151,17 +152,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
   return results
 
 
-KEYS = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "answer_changed",
-        "edit_distance_ratio")
-
-
 def aggregate(per_seed: dict[str, dict[int, dict[str, Any]]], seeds: list[int]
               ) -> dict[str, Any]:
   """Mean and standard error per method: over problems for one seed, over seeds otherwise."""
   out: dict[str, Any] = {}
   for method, by_seed in per_seed.items():
     row: dict[str, Any] = {"n": by_seed[seeds[0]]["n"], "seeds": seeds}
-    for key in KEYS:
+    for key in metrics_lib.KEYS:
       values = np.array([by_seed[s][key] for s in seeds], np.float64)
       row[key] = float(values.mean())
       if len(seeds) == 1:

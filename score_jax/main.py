@@ -12,23 +12,27 @@ from __future__ import annotations
 
 import sys
 
-from score_jax import cli
+from score_jax import config_lib
+from score_jax import multihost
 
 
 def main(argv: list[str] | None = None) -> dict:
-  config, args = cli.parse(sys.argv[1:] if argv is None else argv, __doc__)
-  cli.maybe_initialize_distributed(config)
+  config, args = config_lib.parse(sys.argv[1:] if argv is None else argv, __doc__)
+  try:
+    multihost.maybe_initialize_distributed(config)
+  except ValueError as e:
+    config_lib.die(str(e))
   if config.experiment.methods:
     from score_jax import experiment  # pylint: disable=import-outside-toplevel
     try:
       return experiment.run(config, args.workdir)
     except ValueError as e:
-      cli.die(str(e))
+      config_lib.die(str(e))
   from score_jax import train  # pylint: disable=import-outside-toplevel
   try:
     trainer = train.Trainer(config, args.workdir)
   except ValueError as e:
-    cli.die(str(e))
+    config_lib.die(str(e))
   last = trainer.run()
   print(f"Finished {trainer.total} steps in {args.workdir}. Last step: "
         + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)), flush=True)

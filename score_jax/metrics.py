@@ -16,12 +16,19 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-
-from etils import epath
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from etils import epath
 from rapidfuzz.distance import Levenshtein
+
+
+# The two-turn metrics that log lines, eval lines, experiment aggregates and tables carry.
+KEYS = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "answer_changed",
+        "edit_distance_ratio")
+# Column labels of the tables (`score_jax.report`), in table order.
+LABELS = {"acc_t1": "Acc@t1", "acc_t2": "Acc@t2", "delta": "Δ(t1,t2)", "delta_i2c": "Δ i→c",
+          "delta_c2i": "Δ c→i", "answer_changed": "changed"}
 
 
 def _se(x: np.ndarray) -> float:
@@ -59,6 +66,14 @@ def two_turn_metrics(c1: Sequence[float], c2: Sequence[float],
                        for a, b in zip(y1, y2, strict=True)])
     out["edit_distance_ratio"] = float(ratios.mean())
   return out
+
+
+def attempt_metrics(c1: Sequence[float], c2: Sequence[float], y1: Sequence[str],
+                    y2: Sequence[str], answer_key: Callable[[str], str | None]
+                    ) -> dict[str, float]:
+  """`two_turn_metrics` of graded attempts, their answers keyed by the task's `answer_key`."""
+  return two_turn_metrics(c1, c2, [answer_key(y) for y in y1], [answer_key(y) for y in y2],
+                          y1, y2)
 
 
 class MetricWriter:

@@ -20,8 +20,7 @@ import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
 from score_jax import metrics as metrics_lib  # noqa: E402  pylint: disable=wrong-import-position
 
-COLUMNS = (("acc_t1", "Acc@t1"), ("acc_t2", "Acc@t2"), ("delta", "Δ(t1,t2)"),
-           ("delta_i2c", "Δ i→c"), ("delta_c2i", "Δ c→i"), ("answer_changed", "changed"))
+COLUMNS = tuple(metrics_lib.LABELS.items())
 STAGE_COLORS = {"sft": "#eeeeee", "stage1": "#dceefb", "stage2": "#fde9d9",
                 "single_turn": "#e5f5e0", "star": "#f2e6f7", "pair_sft": "#fff5cc"}
 # Whose samples a stage's logged rollout metrics describe, where it is not the policy's own.
@@ -109,8 +108,12 @@ def plot_training(workdir: pathlib.Path, methods: Sequence[str], seed: int,
   axes[0][1].set_title("rate of second answers that differ from the first", fontsize=9)
   axes[-1][0].set_xlabel("step")
   axes[-1][1].set_xlabel("step")
+  return _save(fig, workdir / "plots" / "training.png")
+
+
+def _save(fig: Any, path: pathlib.Path) -> pathlib.Path:
+  """Writes `fig` to `path` (a PNG) and closes it."""
   fig.tight_layout()
-  path = workdir / "plots" / "training.png"
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -134,9 +137,4 @@ def plot_results(workdir: pathlib.Path, results: dict[str, Any], methods: Sequen
   ax.set_ylabel("percent of held-out problems")
   ax.legend(fontsize=7, ncol=2)
   ax.set_title("Greedy two-turn evaluation (error bars: standard error)", fontsize=10)
-  fig.tight_layout()
-  path = workdir / "plots" / "results.png"
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, workdir / "plots" / "results.png")

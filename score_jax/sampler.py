@@ -34,7 +34,8 @@ import numpy as np
 from flax import nnx
 
 from score_jax import mesh as mesh_lib
-from score_jax.model import KVCache, init_cache
+from score_jax import multihost
+from score_jax.model.transformer import KVCache, init_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +131,77 @@ class TopP(_Stochastic):
 Method = Greedy | Temperature | TopK | TopP
 
 
+def sampling_method(temperature: float = 0.0, top_k: int | None = 0,
+                    top_p: float | None = 1.0) -> Method:
+  """The method for (temperature, top_k, top_p); temperature 0 is greedy.
+
+  top_k 0 or None and top_p 1.0 or None mean "off" (the config's and transformers'
+  conventions); giving both top_k and top_p is an error.
+  """
+  if temperature < 0:
+    raise ValueError(f"temperature={temperature} must be >= 0")
+  use_top_k = bool(top_k)
+  use_top_p = top_p is not None and float(top_p) < 1.0
+  if use_top_k and use_top_p:
+    raise ValueError(f"top_k={top_k} and top_p={top_p}: give top_k or top_p, not both")
+  if temperature == 0:
+    return Greedy()
+  if use_top_k:
+    return TopK(int(top_k), float(temperature))
+  if use_top_p:
+    return TopP(float(top_p), float(temperature))
+  return Temperature(float(temperature))
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabLimit:
+  """`inner`, but never drawing ids >= `vocab` (ids the tokenizer lacks: models often pad
+  their embedding past the tokenizer's vocabulary)."""
+  inner: Any
+  vocab: int
+
+  def _mask(self, logits_BV: jax.Array) -> jax.Array:
+    ids_V = jnp.arange(logits_BV.shape[-1])
+    return jnp.where(ids_V < self.vocab, logits_BV, -jnp.inf)
+
+  def apply(self, logits_BV: jax.Array) -> jax.Array:
+    return self.inner.apply(self._mask(logits_BV))
+
+  def sample(self, rng: jax.Array, logits_BV: jax.Array) -> jax.Array:
+    return self.inner.sample(rng, self._mask(logits_BV))
+
+
+def limit_vocab(method: Any, tokenizer_vocab: int, model_vocab: int) -> Any:
+  """`method` restricted to the tokenizer's ids when the model's vocabulary is larger."""
+  return VocabLimit(method, tokenizer_vocab) if model_vocab > tokenizer_vocab else method
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, length: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, int]:
+  """(tokens_BT, valid_BT, truncated) of id lists left-padded with `pad_id`.
+
+  `length` None pads to the longest row (no rows, or only empty ones, is an error);
+  otherwise rows longer than `length` lose their first ids, and `truncated` counts them.
+  """
+  if length is None:
+    if not rows:
+      raise ValueError("no prompts given")
+    length = max(len(r) for r in rows)
+    if length == 0:
+      raise ValueError("all prompts are empty")
+  tokens_BT = np.full((len(rows), length), pad_id, np.int32)
+  valid_BT = np.zeros((len(rows), length), bool)
+  truncated = 0
+  for i, ids in enumerate(rows):
+    ids = list(ids)
+    if len(ids) > length:
+      ids, truncated = ids[len(ids) - length:], truncated + 1
+    if ids:
+      tokens_BT[i, length - len(ids):] = ids
+      valid_BT[i, length - len(ids):] = True
+  return tokens_BT, valid_BT, truncated
+
+
 @flax.struct.dataclass
 class SampleOutput:
   """Result of `generate`.
@@ -216,12 +288,12 @@ _generate_jit = jax.jit(
 
 def _batch_input(x: Any, dtype: Any, mesh: jax.sharding.Mesh | None) -> jax.Array:
   """A [B, ...] input batch-sharded on `mesh`: host data (the same global batch on every
-  process) or a global jax.Array (e.g. `mesh.put_local_batch` of each process's rows)."""
+  process) or a global jax.Array (e.g. `multihost.put_local_batch` of each process's rows)."""
   if isinstance(x, jax.Array):
     x = x if x.dtype == dtype else x.astype(dtype)
-    return mesh_lib.put_batch(x, mesh)
+    return multihost.put_batch(x, mesh)
   x = np.asarray(x, dtype)
-  return mesh_lib.put_batch(x, mesh) if mesh is not None else jnp.asarray(x)
+  return multihost.put_batch(x, mesh) if mesh is not None else jnp.asarray(x)
 
 
 def generate(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: Any, valid_BT: Any, *,
@@ -233,11 +305,11 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: Any, valid_BT
   """Samples up to `max_new_tokens` tokens per row after the chunk `tokens_BT`.
 
   Args:
-    graphdef, params: the model (`score_jax.model.init_params` or an importer).
+    graphdef, params: the model (`score_jax.model.transformer.init_params` or an importer).
     tokens_BT, valid_BT: the chunk to append (prompt, or the turn-2 extra tokens);
       invalid tokens are padding (not attended to, no position). Host arrays (the whole
       batch, the same on every process) or global jax.Arrays (on several processes: built
-      from each process's rows with `mesh.put_local_batch`).
+      from each process's rows with `multihost.put_local_batch`).
     max_new_tokens: static decode budget S (the output width).
     method: Greedy() | Temperature(t) | TopK(k, t) | TopP(p, t).
     rng: PRNG key (default key 0; fold_in(rng, step) is used at each step).

@@ -1,7 +1,7 @@
 """The training loop: stage plan -> rollouts -> jitted steps -> metrics and checkpoints.
 
 One readable loop over global steps. Each step belongs to one block of the stage plan
-(`plan.py`): `sft` steps fit the task's demonstrations (building a base model from scratch),
+(`rl/plan.py`): `sft` steps fit the task's demonstrations (building a base model from scratch),
 `stage1` / `stage2` / `single_turn` steps sample two-turn rollouts on-policy and apply the
 matching SCoRe objective. Everything a resumed run needs is in the checkpoint: params,
 optimiser state, the step (hence the stage), the data position and the RNG key; reference
@@ -10,10 +10,10 @@ Stage II's reference) are saved once under `W/models/`.
 
 Multi-host (`config.distributed`): every process runs this loop and draws the same global
 batch of problems, but prepares, samples into, decodes and grades only the rows its
-devices hold (`mesh.row_split`); the jitted step gets global arrays assembled from every
-process's rows (`mesh.put_local_batch`), so its losses, leave-one-out groups included,
+devices hold (`multihost.row_split`); the jitted step gets global arrays assembled from every
+process's rows (`multihost.put_local_batch`), so its losses, leave-one-out groups included,
 are computed over the whole batch exactly as on one process. Logged rewards and metrics
-are gathered over all rows (`mesh.gather_rows`). With `config.mesh.sampling_fsdp=False`
+are gathered over all rows (`multihost.gather_rows`). With `config.mesh.sampling_fsdp=False`
 rollouts decode from a per-step copy of the params gathered out of the FSDP layout
 (score_jax.reshard); its cost is logged as `reshard_time_s`.
 """
@@ -31,18 +31,20 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from score_jax import baselines
 from score_jax import build as build_lib
 from score_jax import checkpoint as checkpoint_lib
 from score_jax import config_lib
-from score_jax import losses
 from score_jax import mesh as mesh_lib
 from score_jax import metrics as metrics_lib
-from score_jax import plan as plan_lib
+from score_jax import multihost
 from score_jax import reshard as reshard_lib
-from score_jax import rollout as rollout_lib
 from score_jax import sampler as sampler_lib
-from score_jax import train_step as step_lib
+from score_jax.rl import baselines
+from score_jax.rl import episode as episode_lib
+from score_jax.rl import losses
+from score_jax.rl import plan as plan_lib
+from score_jax.rl import rollout as rollout_lib
+from score_jax.rl import step as step_lib
 from score_jax.tasks import base as task_base
 
 RL_STAGES = ("stage1", "stage2", "single_turn")
@@ -71,7 +73,7 @@ class DataStream:
 
 
 # A step's training data: this process's rows of one or more global sub-batches, in order.
-Parts = list[tuple[rollout_lib.Episode, mesh_lib.RowSplit]]
+Parts = list[tuple[episode_lib.Episode, multihost.RowSplit]]
 
 
 def _copy(tree: Any) -> Any:
@@ -79,36 +81,22 @@ def _copy(tree: Any) -> Any:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _concat_rows(mesh: jax.sharding.Mesh, batches: list[dict[str, jax.Array]]
-                 ) -> dict[str, jax.Array]:
-  out = {}
-  for k in batches[0]:
-    x = jnp.concatenate([b[k] for b in batches], axis=0)
-    out[k] = jax.lax.with_sharding_constraint(x, mesh_lib.batch_sharding(mesh, x.shape))
-  return out
+def _concat_rows(mesh: jax.sharding.Mesh, episodes: list[episode_lib.Episode]
+                 ) -> episode_lib.Episode:
+  def rows(*fields):
+    x = jnp.concatenate(fields, axis=0)
+    return jax.lax.with_sharding_constraint(x, mesh_lib.batch_sharding(mesh, x.shape))
+  return jax.tree.map(rows, *episodes)
 
 
-def global_batch(parts: Parts, mesh: jax.sharding.Mesh | None) -> dict[str, jax.Array]:
-  """The step's global batch (sub-batches stacked row-wise) from this process's rows."""
+def global_batch(parts: Parts, mesh: jax.sharding.Mesh | None) -> episode_lib.Episode:
+  """The step's global Episode (sub-batches stacked row-wise) from this process's rows."""
   if all(split.is_everything for _, split in parts):
-    episode = rollout_lib.Episode(*[np.concatenate(f, axis=0)
-                                    for f in zip(*(ep for ep, _ in parts))])
-    return {k: mesh_lib.put_batch(v, mesh)
-            for k, v in step_lib.episode_batch(episode).items()}
-  batches = [{k: mesh_lib.put_local_batch(v, mesh, split)
-              for k, v in step_lib.episode_batch(ep).items()} for ep, split in parts]
-  return batches[0] if len(batches) == 1 else _concat_rows(mesh, batches)
-
-
-def sampling_method(rollout_cfg: ml_collections.ConfigDict):
-  t = float(rollout_cfg.temperature)
-  if t == 0.0:
-    return sampler_lib.Greedy()
-  if int(rollout_cfg.top_k) > 0:
-    return sampler_lib.TopK(int(rollout_cfg.top_k), t)
-  if float(rollout_cfg.top_p) < 1.0:
-    return sampler_lib.TopP(float(rollout_cfg.top_p), t)
-  return sampler_lib.Temperature(t)
+    episode = episode_lib.concat([ep for ep, _ in parts])
+    return jax.tree.map(lambda x: multihost.put_batch(x, mesh), episode)
+  episodes = [jax.tree.map(lambda x, s=split: multihost.put_local_batch(x, mesh, s), ep)
+              for ep, split in parts]
+  return episodes[0] if len(episodes) == 1 else _concat_rows(mesh, episodes)
 
 
 def loss_config(config: ml_collections.ConfigDict, stage: str) -> losses.LossConfig:
@@ -144,8 +132,11 @@ class Trainer:
     self.train_problems = self.c.task.load(config.task.train_split)
     self.two_turn = self.c.two_turn(config.rollout.max_turn1_tokens,
                                     config.rollout.max_turn2_tokens)
-    self.method = sampling_method(config.rollout)
+    r = config.rollout
+    self.method = sampler_lib.sampling_method(float(r.temperature), int(r.top_k),
+                                              float(r.top_p))
     self.sampling = reshard_lib.SamplingParams(fsdp=config.mesh.sampling_fsdp)
+    self.shardings = step_lib.step_shardings(self.optimizer, self.c.base_params, self.c.mesh)
     self._steps: dict[str, Any] = {}
 
   # --- state -------------------------------------------------------------------------
@@ -162,10 +153,10 @@ class Trainer:
     store.close()
 
   def _load_model(self, name: str, like: Any) -> Any | None:
-    store = self._model_store(name)
-    if store.latest_step() is None:
+    directory = self.workdir / "models" / name
+    if checkpoint_lib.latest_step(directory) is None:
       return None
-    params, _, _ = store.restore(store.latest_step(), like)
+    params, _, _ = checkpoint_lib.restore_params(directory, like)
     return params
 
   def initial_state(self):
@@ -218,10 +209,12 @@ class Trainer:
     if stage not in self._steps:
       micro = int(self.config.train.micro_batches)
       if stage in plan_lib.SUPERVISED_STAGES:
-        self._steps[stage] = step_lib.make_sft_step(self.c.graphdef, self.optimizer, micro)
+        self._steps[stage] = step_lib.make_sft_step(self.c.graphdef, self.optimizer, micro,
+                                                    self.shardings)
       else:
         self._steps[stage] = step_lib.make_rl_step(self.c.graphdef, self.optimizer,
-                                                   loss_config(self.config, stage), micro)
+                                                   loss_config(self.config, stage), micro,
+                                                   self.shardings)
     return self._steps[stage]
 
   # --- one step ------------------------------------------------------------------------
@@ -229,22 +222,19 @@ class Trainer:
   # and global statistics (gathered over every process's rows).
   def sft_batch(self, data: DataStream, rng: np.random.Generator) -> tuple[Parts, dict]:
     problems = data.take(int(self.config.train.sft_batch_size))
-    demo = getattr(self.c.task, "demonstration", None)
-    if demo is None:
-      raise ValueError(f"the sft stage needs task demonstrations; task {self.c.task.name!r} "
-                       f"has none. Start from a checkpoint (config.init.checkpoint) instead")
+    demo = self.c.task.demonstration
     # Every process draws all demonstrations (one RNG stream, so the batch does not depend
     # on the number of processes) and tokenises only its own rows.
     attempts1 = [demo(p, rng) for p in problems]
     attempts2 = [demo(p, rng) for p in problems]
-    split = mesh_lib.row_split(self.c.mesh, len(problems))
+    split = multihost.row_split(self.c.mesh, len(problems))
     episode = rollout_lib.demonstration_episode(
         self.two_turn, split.take(problems), split.take(attempts1), split.take(attempts2))
     return [(episode, split)], {}
 
   def baseline_batch(self, stage: str, params: Any, data: DataStream, key: jax.Array
                      ) -> tuple[Parts, dict]:
-    """STaR / Pair-SFT data from the model's own samples (see score_jax.baselines)."""
+    """STaR / Pair-SFT data from the model's own samples (see score_jax.rl.baselines)."""
     k = int(self.config.rollout.samples_per_prompt)
     problems = [p for p in data.take(int(self.config.train.batch_size)) for _ in range(k)]
     if stage == "star":
@@ -257,13 +247,9 @@ class Trainer:
       base = self.sampling.get("base", self.base_policy(params))
       result = self.two_turn.rollout(base, base, problems, method=self.method, rng=key,
                                      process_local=True)
-      correct = getattr(self.c.task, "correct_answer", None)
-      if correct is None:
-        raise ValueError(f"pair_sft needs correct answers; task {self.c.task.name!r} has no "
-                         f"correct_answer(problem)")
-      episode, _ = baselines.pair_sft_episode(self.two_turn, result, correct)
+      episode, _ = baselines.pair_sft_episode(self.two_turn, result, self.c.task.correct_answer)
     # A row is kept when any of its y2 tokens is trained (every y2 has at least one token).
-    kept = np.asarray(mesh_lib.gather_rows(episode.turn2_mask_BT.any(axis=1).tolist(),
+    kept = np.asarray(multihost.gather_rows(episode.turn2_mask_BT.any(axis=1).tolist(),
                                            result.split), bool)
     # The sampled rollouts' metrics: STaR's own samples, Pair-SFT's base-model samples.
     stats = dict(self.rollout_stats([result]), kept_fraction=float(kept.mean()))
@@ -302,19 +288,14 @@ class Trainer:
     rows = []
     for result in results:
       ep = result.episode
-      answers1 = [self.c.task.answer_key(y) for y in result.y1]
-      answers2 = [self.c.task.answer_key(y) for y in result.y2]
-      rows += mesh_lib.gather_rows(
-          list(zip(ep.r1_B.tolist(), ep.r2_B.tolist(), answers1, answers2, result.y1,
-                   result.y2, ep.turn1_mask_BT.sum(axis=1).tolist(),
+      rows += multihost.gather_rows(
+          list(zip(ep.r1_B.tolist(), ep.r2_B.tolist(), result.y1, result.y2,
+                   ep.turn1_mask_BT.sum(axis=1).tolist(),
                    ep.turn2_mask_BT.sum(axis=1).tolist())), result.split)
-    r1, r2, answers1, answers2, y1, y2, len1, len2 = (list(col) for col in zip(*rows))
-    m = metrics_lib.two_turn_metrics(np.asarray(r1, np.float32), np.asarray(r2, np.float32),
-                                     answers1, answers2, y1, y2)
-    return {"reward_t1": m["acc_t1"], "reward_t2": m["acc_t2"], "acc_t1": m["acc_t1"],
-            "acc_t2": m["acc_t2"], "delta": m["delta"], "delta_i2c": m["delta_i2c"],
-            "delta_c2i": m["delta_c2i"], "answer_changed": m["answer_changed"],
-            "edit_distance_ratio": m["edit_distance_ratio"],
+    r1, r2, y1, y2, len1, len2 = (list(col) for col in zip(*rows))
+    m = metrics_lib.attempt_metrics(r1, r2, y1, y2, self.c.task.answer_key)
+    return {"reward_t1": m["acc_t1"], "reward_t2": m["acc_t2"],
+            **{key: m[key] for key in metrics_lib.KEYS},
             "len_t1": float(np.mean(len1)), "len_t2": float(np.mean(len2))}
 
   # --- the loop ------------------------------------------------------------------------
@@ -356,7 +337,7 @@ class Trainer:
                                                    else params, batch)
       out = {k: float(v) for k, v in jax.device_get(out).items()}
       elapsed = time.perf_counter() - t0
-      tokens = float(jnp.sum(batch["valid"]))    # the global batch's valid tokens
+      tokens = float(jnp.sum(batch.valid_BT))    # the global batch's valid tokens
       record = {"stage": stage, "lr": lr, **stats, **out, "step_time_s": elapsed,
                 "rollout_time_s": t_rollout, "reshard_time_s": reshard_s,
                 "tokens_per_s": tokens / elapsed}

@@ -8,7 +8,7 @@
   tokenizer.json                    a byte-level BPE trained on `corpus`, with the family's
                                     special tokens where the real tokenizer has them
   tokenizer_config.json             bos / eos / pad as the real one names them
-  chat_template.jinja               the family's official chat template (tests/test_chat.py;
+  chat_template.jinja               the family's official chat template (tests/text/test_chat.py;
                                     older transformers put it in tokenizer_config.json)
 
 Families (`FAMILIES`): "gemma" (Gemma 1.1 it), "gemma2" (Gemma 2 it), "qwen2.5"
@@ -26,7 +26,7 @@ import json
 import pathlib
 from typing import Sequence
 
-from test_chat import GEMMA_TEMPLATE, LLAMA3_TEMPLATE, QWEN25_TEMPLATE
+from tests.text.test_chat import GEMMA_TEMPLATE, LLAMA3_TEMPLATE, QWEN25_TEMPLATE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Family:
   """What a family's tokenizer and config look like."""
   name: str                       # key of FAMILIES
   model_family: str               # score_jax ModelConfig.family
-  chat_format: str                # score_jax.chat format name
+  chat_format: str                # score_jax.text.chat format name
   template: str                   # official Jinja chat template
   specials_first: tuple[str, ...]  # special tokens at ids 0, 1, ... (before the BPE pieces)
   specials_last: tuple[str, ...]   # special tokens after the BPE pieces

@@ -54,3 +54,26 @@ def test_reader_ignores_unfinished_steps(tmp_path):
   reader = checkpoint_lib.Checkpointer(directory, read_only=True)
   assert reader.all_steps() == [3] and reader.latest_step() == 3
   assert list(checkpoint_lib.follow(directory, poll_s=0.01, timeout_s=0.2)) == [3]
+
+
+def test_restore_params_takes_the_latest_or_a_given_step(tmp_path):
+  mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
+  like = _tree(mesh, P("fsdp"))
+  assert checkpoint_lib.latest_step(tmp_path / "c") is None
+  try:
+    checkpoint_lib.restore_params(tmp_path / "c", like)
+    raise AssertionError("restored from an empty directory")
+  except FileNotFoundError as e:
+    assert "no finished checkpoint in" in str(e) and str(tmp_path / "c") in str(e)
+  ckpt = checkpoint_lib.Checkpointer(tmp_path / "c", keep=3, keep_best=False, async_save=False)
+  for step in (1, 2):
+    ckpt.save(step, jax.tree.map(lambda x, s=step: x * s, like), None, {"step": step})
+  ckpt.close()
+  assert checkpoint_lib.latest_step(tmp_path / "c") == 2
+  params, meta, step = checkpoint_lib.restore_params(tmp_path / "c", like)
+  assert step == 2 and meta == {"step": 2}
+  np.testing.assert_array_equal(params["w"], 2 * np.arange(64).reshape(8, 8))
+  assert params["w"].sharding.spec == P("fsdp")
+  params, meta, step = checkpoint_lib.restore_params(tmp_path / "c", like, 1)
+  assert step == 1 and meta == {"step": 1}
+  np.testing.assert_array_equal(params["b"], np.ones(3))

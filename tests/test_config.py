@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from score_jax import config_lib
-from score_jax import plan
+from score_jax.rl import plan
 from tests.conftest import REPO_ROOT
 
 

@@ -13,12 +13,13 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 
 import pytest
 
-from score_jax import cli
+from score_jax import config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
@@ -180,7 +181,7 @@ def test_train_command_round_trips_through_both_shells_and_the_cli(tripwire, mon
                  "--config.seed", "-7", "--", f"--config.init.checkpoint={tricky}")
   argv = _remote_python_argv(train, "score_jax.main")
   monkeypatch.chdir(REPO)
-  config, args = cli.parse(argv, "test")
+  config, args = config_lib.parse(argv, "test")
   assert args.workdir == "gs://b/r"
   assert config.train.batch_size == 8 and config.seed == -7
   assert config.init.checkpoint == tricky
@@ -194,7 +195,7 @@ def test_eval_commands(tripwire, monkeypatch):
   argv = _remote_python_argv(own_vm, "score_jax.evaluate")
   argv.remove("--once")
   monkeypatch.chdir(REPO)
-  config, args = cli.parse(argv, "test")
+  config, args = config_lib.parse(argv, "test")
   assert config.distributed is False and args.workdir == "gs://b/r"
 
   worker0, = lines(tripwire, "launch/tpu_eval.sh", "--name", "tr", "--zone", "us-east5-a",
@@ -362,7 +363,10 @@ def test_worker_check_is_a_real_multi_process_hello_world(tmp_path):
   """
   venv_bin = tmp_path / "venv" / "bin"
   venv_bin.mkdir(parents=True)
-  (venv_bin / "python").symlink_to(shutil.which("python") or shutil.which("python3"))
+  # A wrapper, not a symlink: a symlinked interpreter outside its virtualenv no longer
+  # finds the venv's pyvenv.cfg and loses its site-packages.
+  (venv_bin / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+  (venv_bin / "python").chmod(0o755)
   procs = []
   for i in range(2):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "XLA_"))}

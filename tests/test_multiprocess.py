@@ -1,7 +1,7 @@
 """Multi-process (multi-host) runs: 2 processes x 4 CPU devices against 1 x 8.
 
 Processes on this machine stand in for the hosts of a pod: each gets its own CPU devices
-(JAX_NUM_CPU_DEVICES) and joins the others through score_jax.cli's
+(JAX_NUM_CPU_DEVICES) and joins the others through score_jax.multihost's
 jax.distributed.initialize('localhost:PORT', N, i) (from JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID); collectives go over gloo. This file is also the
 program those processes run: `python -m tests.test_multiprocess MODE ARGS...`.
@@ -15,7 +15,7 @@ Slow (`pytest -m slow`):
   final params as 1 process x 8 devices; a checkpoint of either resumes in the other; the
   evaluator on 2 processes writes what it writes on 1.
 The single-process memory options (remat, bf16, accumulation, sampling layout) are
-tested in tests/test_train_step.py.
+tested in tests/rl/test_step.py.
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ import pytest
 
 from score_jax import build as build_lib
 from score_jax import checkpoint as checkpoint_lib
-from score_jax import cli
 from score_jax import config_lib
 from score_jax import evaluate as evaluate_lib
 from score_jax import main as main_lib
 from score_jax import mesh as mesh_lib
 from score_jax import metrics as metrics_lib
+from score_jax import multihost
 from score_jax import reshard
 from score_jax import sampler as sampler_lib
 from score_jax.tasks import toy
@@ -114,26 +114,26 @@ def worker_train(argv: list[str]) -> None:
 def worker_checks(argv: list[str]) -> None:
   """Row split, global arrays, gathers, sampling reshard and process-local rollouts."""
   out_dir = pathlib.Path(argv[0])
-  cli.maybe_initialize_distributed(ml_collections.ConfigDict({"distributed": True}))
+  multihost.maybe_initialize_distributed(ml_collections.ConfigDict({"distributed": True}))
   me = jax.process_index()
   got: dict = {"process": me, "processes": jax.process_count(),
                "local_devices": jax.local_device_count(), "devices": jax.device_count()}
   mesh = mesh_lib.make_mesh(fsdp=-1)
 
   # 8 rows over 8 devices: 4 rows per process, each owned once.
-  split = mesh_lib.row_split(mesh, 8)
+  split = multihost.row_split(mesh, 8)
   x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
-  g = mesh_lib.put_local_batch(x[split.rows], mesh, split)
+  g = multihost.put_local_batch(x[split.rows], mesh, split)
   got["rows8"], got["owned8"] = split.rows.tolist(), split.owned.tolist()
   got["global_row_sums8"] = np.asarray(jax.jit(lambda a: a.sum(1), out_shardings=(
       jax.sharding.NamedSharding(mesh, jax.P())))(g)).tolist()
-  got["local_rows8"] = mesh_lib.local_rows(g, split).tolist()
-  got["gather8"] = mesh_lib.gather_rows([f"row{r}" for r in split.rows], split)
+  got["local_rows8"] = multihost.local_rows(g, split).tolist()
+  got["gather8"] = multihost.gather_rows([f"row{r}" for r in split.rows], split)
   # 4 rows do not divide 8 devices: replicated, every process holds (and prepares) all.
-  split4 = mesh_lib.row_split(mesh, 4)
+  split4 = multihost.row_split(mesh, 4)
   got["rows4"], got["owned4"] = split4.rows.tolist(), split4.owned.tolist()
-  got["gather4"] = mesh_lib.gather_rows([f"p{me}r{r}" for r in split4.rows], split4)
-  g4 = mesh_lib.put_local_batch(x[:4], mesh, split4)
+  got["gather4"] = multihost.gather_rows([f"p{me}r{r}" for r in split4.rows], split4)
+  g4 = multihost.put_local_batch(x[:4], mesh, split4)
   got["sum4"] = float(jax.jit(jnp.sum)(g4))
 
   # Params in the sampling layout (replicated over fsdp), and process-local rollouts.
@@ -158,7 +158,7 @@ def worker_checks(argv: list[str]) -> None:
   got["whole_tokens"] = whole.episode.tokens_BT.tolist()
   got["whole_logprobs"] = whole.episode.sampler_logprobs_BT.tolist()
   got["copy_tokens"] = from_copy.episode.tokens_BT.tolist()
-  got["gathered_y2"] = mesh_lib.gather_rows(local.y2, local.split)
+  got["gathered_y2"] = multihost.gather_rows(local.y2, local.split)
   (out_dir / f"checks{me}.json").write_text(json.dumps(got))
 
 
@@ -207,15 +207,15 @@ def test_two_processes_split_rows_gather_and_sample(tmp_path):
 
 def test_row_split_on_one_process_is_everything():
   mesh = mesh_lib.make_mesh(fsdp=-1)
-  split = mesh_lib.row_split(mesh, 8)
+  split = multihost.row_split(mesh, 8)
   assert split.rows.tolist() == list(range(8)) and split.owned.all() and split.is_everything
-  assert mesh_lib.gather_rows(["a", "b", "c", "d", "e", "f", "g", "h"], split)[3] == "d"
+  assert multihost.gather_rows(["a", "b", "c", "d", "e", "f", "g", "h"], split)[3] == "d"
   x = np.arange(16).reshape(8, 2)
-  g = mesh_lib.put_local_batch(x, mesh, split)
+  g = multihost.put_local_batch(x, mesh, split)
   assert g.sharding.spec == jax.P("fsdp", None)
-  np.testing.assert_array_equal(mesh_lib.local_rows(g, split), x)
+  np.testing.assert_array_equal(multihost.local_rows(g, split), x)
   with pytest.raises(ValueError, match="7 rows given for the 8 local rows"):
-    mesh_lib.put_local_batch(x[:7], mesh, split)
+    multihost.put_local_batch(x[:7], mesh, split)
   with pytest.raises(ValueError, match="3 items for a batch of 8"):
     split.take([1, 2, 3])
 
@@ -237,9 +237,8 @@ def _train(workdir, processes, log_dir):
 
 def _final_params(workdir, step):
   c = build_lib.build(config_lib.load(TINY, []))
-  reader = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints", read_only=True,
-                                       keep_best=False)
-  params, _, meta = reader.restore(step, c.base_params)
+  params, meta, _ = checkpoint_lib.restore_params(pathlib.Path(workdir) / "checkpoints",
+                                                  c.base_params, step)
   return jax.tree.map(np.asarray, params), meta
 
 

@@ -30,18 +30,17 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-import hf_tiny  # noqa: E402
+from tests import hf_tiny  # noqa: E402
 from score_jax import build as build_lib  # noqa: E402
-from score_jax import chat as chat_lib  # noqa: E402
 from score_jax import checkpoint as checkpoint_lib  # noqa: E402
-from score_jax import cli  # noqa: E402
 from score_jax import config_lib  # noqa: E402
 from score_jax import evaluate  # noqa: E402
 from score_jax import metrics as metrics_lib  # noqa: E402
-from score_jax import plan as plan_lib  # noqa: E402
 from score_jax import sampler as sampler_lib  # noqa: E402
 from score_jax import train  # noqa: E402
+from score_jax.rl import plan as plan_lib  # noqa: E402
 from score_jax.tasks import code as code_tasks  # noqa: E402
+from score_jax.text import chat as chat_lib  # noqa: E402
 from tests.conftest import REPO_ROOT  # noqa: E402
 
 CONFIGS = REPO_ROOT / "configs"
@@ -135,7 +134,7 @@ def test_docstring_commands_parse(name, monkeypatch):
   assert "score_jax.main" in modules and "score_jax.evaluate" in modules
   for argv in commands:
     args = [a.replace("$HOME", "/home/u") for a in argv[3:]]
-    config, parsed = cli.parse(args, "")
+    config, parsed = config_lib.parse(args, "")
     assert parsed.config == f"configs/{name}.py"
     assert parsed.workdir.startswith("gs://BUCKET/runs/")
     assert config.init.checkpoint.startswith("/home/u/models/")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from score_jax import model as M
 from score_jax import sampler as S
+from score_jax.model import transformer as M
 from tests.model_helpers import randomize
-from score_jax.model_config import tiny
+from score_jax.model.config import tiny
 
 _forward = jax.jit(M.forward, static_argnums=0)
 PAD = 0

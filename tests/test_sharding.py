@@ -12,10 +12,11 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from score_jax import mesh as mesh_lib
-from score_jax import model as M
+from score_jax import multihost
 from score_jax import sampler as S
+from score_jax.model import transformer as M
 from tests.model_helpers import randomize
-from score_jax.model_config import tiny
+from score_jax.model.config import tiny
 
 
 
@@ -94,8 +95,8 @@ def test_same_logits_on_one_device_and_on_mesh(family):
   sharded = jax.device_put(params, M.param_shardings(params, mesh))
   assert not sharded["layers"][0]["attn"]["q_proj"]["kernel"][...].sharding.is_fully_replicated
   with jax.set_mesh(mesh):
-    got, _ = forward(graphdef, sharded, mesh_lib.put_batch(tokens, mesh),
-                     mesh_lib.put_batch(valid, mesh))
+    got, _ = forward(graphdef, sharded, multihost.put_batch(tokens, mesh),
+                     multihost.put_batch(valid, mesh))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 

@@ -40,10 +40,8 @@ def _params_of(workdir, step=None):
   config = config_lib.load(TINY, FAST)
   from score_jax import build as build_lib
   c = build_lib.build(config)
-  reader = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints", read_only=True,
-                                       keep_best=False)
-  step = reader.latest_step() if step is None else step
-  params, _, meta = reader.restore(step, c.base_params)
+  params, meta, _ = checkpoint_lib.restore_params(pathlib.Path(workdir) / "checkpoints",
+                                                  c.base_params, step)
   return jax.tree.map(np.asarray, params), meta
 
 

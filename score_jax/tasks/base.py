@@ -2,14 +2,22 @@
 
 Every task family (toy, math, gsm8k, mbpp, humaneval, the demo's synthetic task) implements
 `Task`. The rollout and eval loops only talk to this interface; chat formatting of the
-prompts for a model family is done by `score_jax.chat`, not by tasks.
+prompts for a model family is done by `score_jax.text.chat`, not by tasks.
+
+Optional capabilities are declared here and raise `MissingCapability` (naming the task, what
+needs the capability and what to do instead) unless a task provides them:
+`demonstration` (the sft stage's warm-up data), `correct_answer` (Pair-SFT's gold second
+attempts) and `alphabet` (the character tokenizer). Every task is built the same way, by
+`Task.from_config(task_cfg)` on the config's `task` section (`score_jax.tasks.registry`).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,12 +29,26 @@ class Problem:
   meta: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
 
 
+class MissingCapability(ValueError):
+  """A task lacks an optional capability that a stage or setting needs."""
+
+
 class Task(abc.ABC):
   """A task family. Subclasses set `name` and `turn2_instruction`."""
 
   name: str = "task"
   turn2_instruction: str = ""     # the fixed self-correction instruction p (never reveals r(y1))
   splits: tuple[str, ...] = ()    # names accepted by `load`
+
+  @classmethod
+  def from_config(cls, task_cfg: Mapping[str, Any]) -> "Task":
+    """The task of the config's `task` section (data_dir, workers, timeout_s, ...).
+
+    File-based tasks (the default here) read `data_dir` and grade in `workers` processes
+    with a `timeout_s` limit; synthetic tasks override this.
+    """
+    return cls(task_cfg["data_dir"], workers=task_cfg["workers"],
+               timeout_s=task_cfg["timeout_s"])
 
   @abc.abstractmethod
   def load(self, split: str) -> list[Problem]:
@@ -49,6 +71,25 @@ class Task(abc.ABC):
 
   def close(self) -> None:
     """Releases worker pools, if any."""
+
+  # --- optional capabilities -------------------------------------------------------------
+  def demonstration(self, problem: Problem, rng: np.random.Generator) -> str:
+    """One sampled attempt of the task's noisy "base policy" (the sft stage's data)."""
+    raise MissingCapability(
+        f"task {self.name!r} has no demonstrations, which the sft stage needs: start from a "
+        "pretrained model (config.init.checkpoint) and drop sft from config.plan.stages")
+
+  def correct_answer(self, problem: Problem) -> str:
+    """A correct response to `problem` (Pair-SFT's second attempts)."""
+    raise MissingCapability(
+        f"task {self.name!r} has no correct_answer(problem), which pair_sft needs: choose "
+        "another method, or a task that has one")
+
+  def alphabet(self) -> str:
+    """Every character its texts use (the character tokenizer's alphabet)."""
+    raise MissingCapability(
+        f"task {self.name!r} has no alphabet, which config.tokenizer.kind='char' needs: use "
+        "tokenizer.kind='sentencepiece' / 'hf' with a tokenizer.path")
 
 
 def check_split(task: Task, split: str) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from score_jax.tasks import base
-from score_jax.tasks.math import AnswerTask, extract_answer, format_prompt
+from score_jax.tasks.math.task import AnswerTask, extract_answer, format_prompt
 
 _HASHES_RE = re.compile(r"####\s*([^\n]*)")
 

@@ -1,4 +1,7 @@
-"""Builds a task from the `task` config section by name (imports each family lazily)."""
+"""Builds a task from the `task` config section by name (imports each family lazily).
+
+Every task is built by its class's `Task.from_config(task_cfg)`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from score_jax.tasks import base
 TASKS = {
     "toy": ("score_jax.tasks.toy", "ToyTask"),
     "sorting": ("score_jax.tasks.sorting", "SortingTask"),
-    "math": ("score_jax.tasks.math", "MathTask"),
+    "math": ("score_jax.tasks.math.task", "MathTask"),
     "gsm8k": ("score_jax.tasks.gsm8k", "GSM8KTask"),
     "mbpp": ("score_jax.tasks.code", "MBPPTask"),
     "humaneval": ("score_jax.tasks.code", "HumanEvalTask"),
@@ -26,12 +29,4 @@ def make_task(task_cfg: Mapping[str, Any]) -> base.Task:
                      f"{sorted(TASKS)}")
   module_name, class_name = TASKS[name]
   cls = getattr(importlib.import_module(module_name), class_name)
-  if name == "toy":
-    return cls()
-  if name == "sorting":
-    return cls(**{k: task_cfg[k] for k in ("min_len", "max_len", "error_rate",
-                                           "blind_spot_rate")})
-  kwargs = {"workers": task_cfg["workers"], "timeout_s": task_cfg["timeout_s"]}
-  if name in ("math", "gsm8k"):
-    kwargs = {"grader_workers": task_cfg["workers"], "timeout_s": task_cfg["timeout_s"]}
-  return cls(task_cfg["data_dir"], **kwargs)
+  return cls.from_config(task_cfg)

@@ -18,7 +18,9 @@ with no self-correction skill.
 
 from __future__ import annotations
 
+import math
 import string
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -45,7 +47,14 @@ class SortingTask(base.Task):
     self.letters = string.ascii_lowercase[:letters]
     self.error_rate = error_rate
     self.blind_spot_rate = blind_spot_rate
-    self.alphabet = string.ascii_letters + string.digits + " .,:;!?'\"-()\n"
+
+  @classmethod
+  def from_config(cls, task_cfg: Mapping[str, Any]) -> "SortingTask":
+    return cls(**{k: task_cfg[k] for k in ("min_len", "max_len", "error_rate",
+                                           "blind_spot_rate")})
+
+  def alphabet(self) -> str:
+    return string.ascii_letters + string.digits + " .,:;!?'\"-()\n"
 
   def load(self, split: str) -> list[base.Problem]:
     base.check_split(self, split)
@@ -53,6 +62,14 @@ class SortingTask(base.Task):
     held_out = set()
     if split == "train":  # no test word appears in training
       held_out = {p.answer for p in self.load("test")}
+      # Sorted words are multisets: C(letters + n - 1, n) of each length n.
+      possible = sum(math.comb(len(self.letters) + n - 1, n)
+                     for n in range(self.min_len, self.max_len + 1))
+      if possible <= len(held_out):
+        raise ValueError(
+            f"sorting task: all {possible} sorted words of {self.min_len}..{self.max_len} "
+            f"letters are in the test split, so none is left for training; raise "
+            f"config.task.max_len or config.task.min_len")
     problems: list[base.Problem] = []
     while len(problems) < self.sizes[split]:
       n = int(rng.integers(self.min_len, self.max_len + 1))

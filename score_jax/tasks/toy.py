@@ -10,6 +10,7 @@ two-turn traces pair independent attempts, so the base model has no self-correct
 from __future__ import annotations
 
 import string
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -31,7 +32,14 @@ class ToyTask(base.Task):
     del unused
     self.sizes = {"train": num_train, "test": num_test}
     self.min_len, self.max_len, self.error_rate = min_len, max_len, error_rate
-    self.alphabet = ALPHABET
+
+  @classmethod
+  def from_config(cls, task_cfg: Mapping[str, Any]) -> "ToyTask":
+    del task_cfg   # the toy task has no settings
+    return cls()
+
+  def alphabet(self) -> str:
+    return ALPHABET
 
   def load(self, split: str) -> list[base.Problem]:
     base.check_split(self, split)

@@ -1,0 +1,1 @@
+"""The decoder-only transformer: its config, layers and the model itself."""

@@ -1,0 +1,251 @@
+"""The jitted update steps (RL stages and supervised warm-up) and the optimiser.
+
+Pure functions of (params, opt_state, ref_params, episode): the host loop in `train.py` owns
+every side effect. The batch is the rollout's `Episode` (`score_jax.rl.episode`) as it is. One step = forward the policy (with gradient) and the frozen reference
+(without) over whole two-turn episodes, `losses.score_loss`, gradient accumulation over
+micro-batches with `lax.scan`, global-norm clipping and the optax update. A step whose loss
+or gradient is not finite leaves params and optimiser state unchanged and reports
+`skipped = 1`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from score_jax.model import transformer as model_lib
+from score_jax.rl import losses
+from score_jax.rl.episode import Episode
+
+
+def build_optimizer(optim_cfg: Mapping[str, Any]) -> optax.GradientTransformation:
+  """Adam / AdamW with clipping; the learning rate lives in the state (set per step).
+
+  Moments take the params' dtype. With bf16 params (`model.param_dtype=bfloat16`) the
+  update is applied in bf16: an update below half a bf16 ulp of its weight (0.2-0.4%)
+  rounds away, which is fine at sft learning rates (1e-4..1e-3) but loses most of an RL
+  step at 1e-6..1e-5; there keep float32 params and compute in bf16 (`model.dtype`).
+  """
+  name = optim_cfg["name"]
+  if name not in ("adam", "adamw"):
+    raise ValueError(f"config.optim.name={name!r} not in ('adam', 'adamw')")
+
+  def make(learning_rate):
+    if name == "adamw":
+      opt = optax.adamw(learning_rate, b1=optim_cfg["b1"], b2=optim_cfg["b2"],
+                        eps=optim_cfg["eps"], weight_decay=optim_cfg["weight_decay"])
+    else:
+      opt = optax.adam(learning_rate, b1=optim_cfg["b1"], b2=optim_cfg["b2"],
+                       eps=optim_cfg["eps"])
+    clip = float(optim_cfg["clip_norm"])
+    return optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
+
+  return optax.inject_hyperparams(make)(learning_rate=float(optim_cfg["lr"]))
+
+
+def learning_rate(optim_cfg: Mapping[str, Any], peak: float, step: int, steps: int) -> float:
+  """Warm-up then constant / cosine / linear decay, within a stage of `steps` steps."""
+  warmup = int(optim_cfg["warmup_steps"])
+  if warmup and step < warmup:
+    return peak * (step + 1) / warmup
+  schedule = optim_cfg["schedule"]
+  frac = (step - warmup) / max(steps - warmup, 1)
+  if schedule == "constant":
+    return peak
+  if schedule == "cosine":
+    return peak * 0.5 * (1 + np.cos(np.pi * min(frac, 1.0)))
+  if schedule == "linear":
+    return peak * max(1.0 - frac, 0.0)
+  raise ValueError(f"config.optim.schedule={schedule!r} not in ('constant', 'cosine', 'linear')")
+
+
+def set_learning_rate(opt_state: Any, lr: float, mesh: jax.sharding.Mesh | None = None) -> Any:
+  """Sets the learning rate leaf (float32, replicated on `mesh`) of an injected optimiser."""
+  value = np.float32(lr)
+  opt_state.hyperparams["learning_rate"] = (
+      jax.device_put(value, NamedSharding(mesh, P())) if mesh is not None else jnp.asarray(value))
+  return opt_state
+
+
+def replicate_unsharded(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Puts leaves not already laid out on `mesh` (step counters, scalars) replicated on it,
+  so that a step's inputs have the shardings its outputs will have: no recompilation."""
+  def place(x):
+    if isinstance(getattr(x, "sharding", None), NamedSharding) and x.sharding.mesh == mesh:
+      return x
+    return jax.device_put(x, NamedSharding(mesh, P()))
+  return jax.tree.map(place, tree)
+
+
+def step_shardings(optimizer: optax.GradientTransformation, params: Any,
+                   mesh: jax.sharding.Mesh | None) -> tuple[Any, Any] | None:
+  """The (params, opt_state) layouts a step returns, decided once from the logical rules.
+
+  Params take `model.param_shardings` (their logical axes on `mesh`); the optimiser's
+  copies of the params (Adam's moments) take the same, and its other leaves (step
+  counters, the learning rate) are replicated. `params` may be real or abstract. None
+  without a mesh (one device: nothing to decide).
+  """
+  if mesh is None:
+    return None
+  params_sh = model_lib.param_shardings(params, mesh)
+  abstract_state = jax.eval_shape(optimizer.init, params)
+  replicated = NamedSharding(mesh, P())
+  opt_state_sh = optax.tree_utils.tree_map_params(
+      optimizer, lambda _, sharding: sharding, abstract_state, params_sh,
+      transform_non_params=lambda _: replicated)
+  return params_sh, opt_state_sh
+
+
+class _Step:
+  """`jax.jit(fn)` with params and optimiser state donated AND returned in the declared
+  `shardings` (`step_shardings`).
+
+  Left to itself GSPMD may return some of them in another layout (a replicated norm scale
+  came back FSDP-sharded): the second call then compiles the step again, and the params
+  drift away from `model.param_shardings`.
+  """
+
+  def __init__(self, fn: Callable, shardings: tuple[Any, Any] | None):
+    out_shardings = None if shardings is None else (shardings[0], shardings[1], None)
+    self._jitted = jax.jit(fn, donate_argnums=(0, 1), out_shardings=out_shardings)
+
+  @property
+  def jitted(self) -> Callable:
+    """The `jax.jit`-ed step (e.g. for `_cache_size()` in tests)."""
+    return self._jitted
+
+  def __call__(self, params, opt_state, ref_params, episode):
+    return self._jitted(params, opt_state, ref_params, episode)
+
+  def lower(self, params, opt_state, ref_params, episode):
+    return self._jitted.lower(params, opt_state, ref_params, episode)
+
+
+def _split_micro(episode: Episode, micro_batches: int) -> Episode:
+  return jax.tree.map(lambda x: x.reshape((micro_batches, -1) + x.shape[1:]), episode)
+
+
+def _token_mean(x_BT, mask_BT):
+  return losses.masked_mean(x_BT, mask_BT, "token")
+
+
+def _apply(optimizer, params, opt_state, grads, loss):
+  """optax update, skipped (params and state kept) when loss or grads are not finite."""
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+  updates, new_opt_state = optimizer.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+  params = jax.tree.map(keep, new_params, params)
+  opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+  return params, opt_state, grad_norm, 1.0 - finite.astype(jnp.float32)
+
+
+def _accumulate(loss_fn: Callable, params, episode: Episode, micro_batches: int,
+                prepare: Callable[[Any, Episode], Any] | None = None, aux: Any = None):
+  """Mean loss, grads and metrics over micro-batches (lax.scan keeps one in memory).
+
+  `loss_fn(params, mb, extra)` is the loss of micro-batch `mb` (an Episode), with
+  `extra = prepare(aux, mb)`: non-differentiated inputs computed per micro-batch outside
+  the gradient, e.g. the frozen reference's log-probs with `aux` = its params. Each
+  micro-batch's loss is its own: token means and a batch-mean baseline are taken within
+  it (leave-one-out groups must be whole: `rows / micro_batches` a multiple of k), so the
+  mean over micro-batches equals the one-batch loss exactly for leave-one-out baselines
+  when the micro-batches hold equal numbers of trained tokens, and is the usual
+  accumulation approximation otherwise. `aux` rides in the scan's carry rather than in a
+  closure: an NNX model merged inside the scan from closed-over arrays fails under
+  `nnx.remat` ("Cannot mutate Param from a different trace level").
+  """
+  if prepare is None:
+    prepare = lambda _, mb: None  # noqa: E731
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if micro_batches == 1:
+    (loss, metrics), grads = grad_fn(params, episode, prepare(aux, episode))
+    return loss, grads, metrics
+  micro = _split_micro(episode, micro_batches)
+  first = jax.tree.map(lambda x: x[0], micro)
+  (_, metrics_shape), _ = jax.eval_shape(lambda p, a, mb: grad_fn(p, mb, prepare(a, mb)),
+                                         params, aux, first)
+  zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params),
+           jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape))
+
+  def body(carry, mb):
+    (loss, metrics), grads = grad_fn(params, mb, prepare(carry[3], mb))
+    acc = (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads),
+           jax.tree.map(jnp.add, carry[2], metrics), carry[3])
+    return acc, None
+
+  (loss, grads, metrics, _), _ = jax.lax.scan(body, zeros + (aux,), micro)
+  scale = lambda x: x / micro_batches  # noqa: E731
+  return scale(loss), jax.tree.map(scale, grads), jax.tree.map(scale, metrics)
+
+
+def make_rl_step(graphdef: Any, optimizer: optax.GradientTransformation,
+                 loss_cfg: losses.LossConfig, micro_batches: int = 1,
+                 shardings: tuple[Any, Any] | None = None) -> Callable:
+  """Jitted `step(params, opt_state, ref_params, episode) -> (params, opt_state, metrics)`.
+
+  `episode` is the rollout's Episode (arrays with a leading batch dimension).
+  `shardings` = (params, opt_state) layouts the step returns (see `StepShardings`).
+  """
+
+  def loss_fn(params, mb: Episode, ref_logp_BT):
+    logits_BTV, _ = model_lib.forward(graphdef, params, mb.tokens_BT, mb.valid_BT)
+    logp_BT = losses.token_logprobs(logits_BTV, mb.tokens_BT)
+    loss, metrics = losses.score_loss(logp_BT, ref_logp_BT, mb, loss_cfg)
+    trained_BT = mb.turn1_mask_BT | mb.turn2_mask_BT
+    entropy_BT = jax.lax.stop_gradient(losses.token_entropy(logits_BTV))
+    metrics = dict(metrics)
+    metrics["entropy_t1"] = _token_mean(entropy_BT, mb.turn1_mask_BT)
+    metrics["entropy_t2"] = _token_mean(entropy_BT, mb.turn2_mask_BT)
+    metrics["sampler_logp_gap"] = _token_mean(
+        jnp.abs(jax.lax.stop_gradient(logp_BT) - mb.sampler_logprobs_BT), trained_BT)
+    return loss, metrics
+
+  def ref_logprobs(ref_params, mb: Episode):
+    # The frozen reference scores each micro-batch inside the accumulation loop, so its
+    # [b, T, V] logits never exist for the whole batch at once.
+    ref_logits_BTV, _ = model_lib.forward(graphdef, ref_params, mb.tokens_BT, mb.valid_BT)
+    return jax.lax.stop_gradient(losses.token_logprobs(ref_logits_BTV, mb.tokens_BT))
+
+  def step(params, opt_state, ref_params, episode):
+    loss, grads, metrics = _accumulate(loss_fn, params, episode, micro_batches, ref_logprobs,
+                                       ref_params)
+    params, opt_state, grad_norm, skipped = _apply(optimizer, params, opt_state, grads, loss)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)
+    return params, opt_state, metrics
+
+  return _Step(step, shardings)
+
+
+def make_sft_step(graphdef: Any, optimizer: optax.GradientTransformation,
+                  micro_batches: int = 1, shardings: tuple[Any, Any] | None = None
+                  ) -> Callable:
+  """Jitted supervised step: mean negative log-likelihood of the y1 and y2 tokens.
+
+    L(theta) = - sum_{b,t} m_bt log pi_theta(tok_bt | tok_b,<t) / sum_{b,t} m_bt,
+    m = turn1_mask | turn2_mask.
+  """
+
+  def loss_fn(params, mb: Episode, extra):
+    del extra
+    logits_BTV, _ = model_lib.forward(graphdef, params, mb.tokens_BT, mb.valid_BT)
+    logp_BT = losses.token_logprobs(logits_BTV, mb.tokens_BT)
+    loss = -_token_mean(logp_BT, mb.turn1_mask_BT | mb.turn2_mask_BT)
+    return loss, {"nll_t1": -_token_mean(logp_BT, mb.turn1_mask_BT),
+                  "nll_t2": -_token_mean(logp_BT, mb.turn2_mask_BT)}
+
+  def step(params, opt_state, ref_params, episode):
+    del ref_params
+    loss, grads, metrics = _accumulate(loss_fn, params, episode, micro_batches)
+    params, opt_state, grad_norm, skipped = _apply(optimizer, params, opt_state, grads, loss)
+    return params, opt_state, dict(metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)
+
+  return _Step(step, shardings)

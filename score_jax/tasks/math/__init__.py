@@ -1,0 +1,1 @@
+"""MATH-style answer tasks: the task, answer extraction, grading and its worker pool."""

@@ -1,0 +1,168 @@
+"""The MATH task (Hendrycks et al.): the SCoRe paper's training split and MATH500.
+
+Splits (files under `data_dir`, the layout of `shared/data`):
+  "train"     math/prm800k_style_train12k.reconstructed.jsonl  12,000 problems (MATH minus
+              MATH500: the paper's training set)
+  "test"      math500/test.jsonl                                500 problems (MATH500)
+  "test_full" math/test.jsonl                                   5,000 problems; the gold
+              answer is extracted from the reference solution (its last \\boxed{})
+Two records of the 12k split (train/number_theory/7115 and 7117) have an empty gold answer
+(`\\boxed{}` upstream): no response is graded correct on them.
+
+Prompt (zero-shot; the paper's MATH turn-1 instruction, then the problem):
+
+    {MATH_TURN1_INSTRUCTION}
+
+    Problem:
+    {problem}
+
+    Solution:
+
+The turn-2 instruction is the paper's MATH turn-2 text. The reward is 1.0 iff the FINAL answer
+of the response (`extract_answer`: the last \\boxed{} or "The final answer is $X$") is
+equivalent to the gold answer (`is_equivalent`), graded in a process pool with a wall-clock
+limit per item (`math_grading`). The pool is shared at module level; `close()` releases it.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Mapping, Sequence
+
+from score_jax.tasks import base
+from score_jax.tasks import prompts
+from score_jax.tasks import sources
+from score_jax.tasks.math import grading as math_grading
+from score_jax.tasks.math.answer import extract_answer, is_equivalent, normalize_answer
+from score_jax.tasks.math.grading import grade_batch
+
+__all__ = ["MathTask", "AnswerTask", "extract_answer", "is_equivalent", "normalize_answer",
+           "grade_batch", "format_prompt"]
+
+PROMPT_TEMPLATE = "{instruction}\n\nProblem:\n{problem}\n\nSolution:"
+
+
+def format_prompt(problem: str) -> str:
+  """The turn-1 user message for a math word problem (layout in the module docstring)."""
+  return PROMPT_TEMPLATE.format(instruction=prompts.MATH_TURN1_INSTRUCTION, problem=problem)
+
+
+SourceArg = sources.RecordSource | Mapping[str, sources.RecordSource] | None
+
+
+class AnswerTask(base.Task):
+  """A task whose responses end in one final answer graded by the math grader.
+
+  Subclasses set `name`, `files` (split -> path under data_dir) and `_problem`.
+  """
+
+  turn2_instruction = prompts.MATH_TURN2_INSTRUCTION
+  files: Mapping[str, str] = {}
+  required_fields: tuple[str, ...] = ()
+
+  @classmethod
+  def from_config(cls, task_cfg: Mapping[str, Any]) -> "AnswerTask":
+    return cls(task_cfg["data_dir"], grader_workers=task_cfg["workers"],
+               timeout_s=task_cfg["timeout_s"])
+
+  def __init__(self, data_dir: str | pathlib.Path, *, grader_workers: int = 2,
+               timeout_s: float = 5.0, source: SourceArg = None):
+    self.data_dir = pathlib.Path(data_dir)
+    self.grader_workers = grader_workers
+    self.timeout_s = timeout_s
+    if source is None:
+      self.sources: dict[str, sources.RecordSource] = {}
+    elif isinstance(source, Mapping):
+      self.sources = dict(source)
+    else:
+      self.sources = {source.split: source}
+    self.splits = tuple(dict.fromkeys([*self.files, *self.sources]))
+    self._pool: math_grading.GraderPool | None = None
+
+  # ---- data
+
+  def _problem(self, split: str, index: int, rec: dict, where: str) -> base.Problem:
+    raise NotImplementedError
+
+  def load(self, split: str) -> list[base.Problem]:
+    """All problems of `split` (from `source` if it serves the split, else from the file)."""
+    base.check_split(self, split)
+    if split in self.sources:
+      src = self.sources[split]
+      numbered = [(f"{src!r} record {i}", rec)
+                  for i, rec in enumerate(src.read(self.required_fields))]
+    else:
+      path = self.data_dir / self.files[split]
+      numbered = [(f"{path}:{line}", rec)
+                  for line, rec in sources.read_numbered_records(path, self.required_fields)]
+    return [self._problem(split, i, rec, where) for i, (where, rec) in enumerate(numbered)]
+
+  # ---- grading
+
+  def extract(self, response: str) -> str | None:
+    """The final answer of a response."""
+    return extract_answer(response)
+
+  def _grader(self) -> math_grading.GraderPool:
+    if self._pool is None:
+      self._pool = math_grading.acquire_pool(self.grader_workers)
+    return self._pool
+
+  def rewards(self, problems: Sequence[base.Problem],
+              responses: Sequence[str]) -> list[float]:
+    """1.0 where the final answer is equivalent to the gold answer, else 0.0 (batched)."""
+    if len(problems) != len(responses):
+      raise ValueError(f"{self.name}.rewards: {len(problems)} problems but "
+                       f"{len(responses)} responses")
+    preds = [self.extract(r) for r in responses]
+    verdicts = grade_batch(preds, [p.answer for p in problems], timeout_s=self.timeout_s,
+                           pool=self._grader() if any(p is not None for p in preds) else None)
+    return [float(v) for v in verdicts]
+
+  def reward(self, problem: base.Problem, response: str) -> float:
+    """r(y, y*) of one response (through the same pool as `rewards`)."""
+    return self.rewards([problem], [response])[0]
+
+  def answer_key(self, response: str) -> str | None:
+    """The normalised final answer (None if the response has none)."""
+    answer = self.extract(response)
+    return None if answer is None else normalize_answer(answer)
+
+  def close(self) -> None:
+    """Releases this task's reference to the shared grader pool."""
+    if self._pool is not None:
+      math_grading.release_pool(self._pool)
+      self._pool = None
+
+
+class MathTask(AnswerTask):
+  """MATH: train (12k split), test (MATH500), test_full (5,000). See the module docstring.
+
+  Args:
+    data_dir: folder laid out like shared/data (math/..., math500/...).
+    grader_workers: grader processes (items graded at once).
+    timeout_s: wall-clock seconds per graded item; an item that takes longer is wrong.
+    source: a `sources.RecordSource` (serving the split named by its `.split`) or a mapping
+      split -> source; those splits are read from it instead of the files. Records need
+      "problem" and "answer" or "solution"; "unique_id", "subject", "level" are optional.
+  """
+
+  name = "math"
+  files = {
+      "train": "math/prm800k_style_train12k.reconstructed.jsonl",
+      "test": "math500/test.jsonl",
+      "test_full": "math/test.jsonl",
+  }
+  required_fields = ("problem",)
+
+  def _problem(self, split: str, index: int, rec: dict, where: str) -> base.Problem:
+    answer = rec.get("answer")
+    if answer is None:
+      if "solution" not in rec:
+        raise ValueError(f"{where}: needs field 'answer' or 'solution' (has {sorted(rec)})")
+      answer = extract_answer(rec["solution"])
+      if answer is None:
+        raise ValueError(f"{where}: no \\boxed{{}} answer in field 'solution'")
+    meta = {k: rec[k] for k in ("solution", "subject", "type", "level") if k in rec}
+    return base.Problem(uid=str(rec.get("unique_id", f"math/{split}/{index}")),
+                        prompt=format_prompt(rec["problem"]), answer=str(answer), meta=meta)
