@@ -104,15 +104,22 @@ def get_config() -> ml_collections.ConfigDict:
       star_right_right=True,         # STaR: also keep right -> right traces (the paper's D+)
   ))
 
-  # SCoRe objective (paper Table 5 defaults for MATH).
+  # SCoRe objective (paper Table 5 defaults for MATH). The losses are token means over an
+  # attempt (score_jax.rl.objectives), and so is the REINFORCE term: beta1 / beta2 weigh
+  # the KL against the reward on the paper's scale (beta2 = 0.1 means the paper's 0.1).
   c.rl = ml_collections.ConfigDict(dict(
       alpha=10.0,                    # Stage II shaping: turn-2 bonus alpha * (r2 - r1)
       beta1=0.01,                    # default KL weight
       beta2=0.1,                     # Stage I KL weight on the first attempt
-      kl_estimator="k3",             # k1 | k2 | k3
-      kl_mode="loss",                # loss (KL term in the loss) | reward (folded into reward)
+      kl_estimator="k1",             # k1 | k2 | k3 (per-token estimators of KL(pi || ref))
+      kl_mode="reward",              # reward (per-sequence sum folded into the reward: with k1
+                                     # this follows the gradient of the paper's sequence-level
+                                     # KL) | loss (a KL term in the loss: k2 / k3 do not)
       baseline="loo",                # none | batch_mean | loo (leave-one-out over k samples)
-      normalization="token",         # token | sequence
+      normalization="token",         # token | sequence (sequence weighs every attempt the same,
+                                     # so a short attempt's tokens weigh more: length-biased)
+      shaping_baseline=False,        # Stage II: drop -alpha r1 from the turn-2 reward (zero
+                                     # expected gradient, only variance); beyond the paper
       stage2_reference="base",       # base | stage1: reference policy of Stage II
   ))
 
@@ -156,7 +163,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(
       every=2,                       # save every N steps (and at the end)
       keep=2,                        # keep the last K
-      keep_best=True,                # also keep the best by training reward (paper's rule)
+      keep_best=True,                # also keep the best validated step (by best_metric)
+      best_metric="acc_t2",          # validation metric that ranks steps: a metrics.KEYS key
+                                     # (higher is better; "-delta_c2i": lower is better)
       async_save=True,               # save in the background
   ))
 
@@ -167,16 +176,25 @@ def get_config() -> ml_collections.ConfigDict:
       max_turn2_tokens=16,           # max new tokens for y2
       poll_s=5.0,                    # how often the watcher looks for new checkpoints
       timeout_s=3600.0,              # stop watching after this long without a new checkpoint
+      # Validation during training (score_jax.validation): greedy two-turn eval of the params
+      # being trained on a held-out split, whose metric picks the "best" checkpoint.
+      validation_every=0,            # steps between validations, also at the last step
+                                     # (0 = off: no extra cost; "best" is then the latest)
+      validation_split="validation", # held-out split, disjoint from train and test
+      validation_limit=0,            # validate on the first N problems (0 = all)
   ))
   # Experiments (configs/demo.py, configs/paper_table.py): "" runs one training run instead.
   c.experiment = ml_collections.ConfigDict(dict(
-      methods="",                    # comma list of base | star | pair_sft | single_turn_rl |
-                                     # no_stage1 | no_shaping | score
+      methods="",                    # comma list of base | self_refine | star | pair_sft |
+                                     # single_turn_rl | no_stage1 | no_shaping | star_stage2 |
+                                     # score (score_jax.experiment.METHODS)
       seeds="",                      # comma list of seeds ("" -> config.seed)
       base_steps=0,                  # sft steps that build the base model
       rl_steps=0,                    # RL steps of each RL method
       stage1_fraction=0.5,           # share of rl_steps spent in Stage I (SCoRe and ablation)
       sft_baseline_steps=0,          # steps of STaR / Pair-SFT
       sft_baseline_lr=1e-4,          # learning rate of STaR / Pair-SFT
+      checkpoint="best",             # step each trained method is evaluated at: best (by
+                                     # validation; latest without) | latest | a step number
   ))
   return c

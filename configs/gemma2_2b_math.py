@@ -33,12 +33,14 @@ temperature 1.0, alpha 10, beta1 0.01, beta2 0.1. Our choices:
   ~16 GB for the logits of one micro-batch (2 rows x 2,688 x 256,000, fp32, with softmax and
   gradient). For the paper's 512 on a v5p-32: --config.train.batch_size=128
   --config.train.micro_batches=32.
-* 4 samples per problem with a leave-one-out baseline; the KL is k2 in the loss (its
-  gradient is that of KL(pi || ref)); constant learning rate, gradient clipping at 1.0.
+* 4 samples per problem with a leave-one-out baseline; the KL is k1 summed per attempt and
+  folded into the reward (REINFORCE then follows the gradient of the paper's sequence-level
+  KL(pi || ref); score_jax.rl.objectives); constant learning rate, gradient clipping at 1.0.
 * Lengths: prompt 512 tokens (left-truncated beyond), each attempt up to 1024 tokens, 128
   tokens for end-of-turn + the turn-2 instruction.
 * bf16 compute, fp32 params (an lr of 5e-6 is below bf16's resolution), full remat.
-* Checkpoint every 100 steps, keep the last 3 and the best by training reward.
+* Checkpoint every 100 steps, keep the last 3 and the best by greedy acc_t2 on the 500
+  problems held out of the training split (validated every 250 steps).
 """
 
 from configs import base as base_config
@@ -65,7 +67,7 @@ def get_config():
   c.rollout.update(max_prompt_len=512, max_turn1_tokens=1024, max_turn2_tokens=1024,
                    max_instruction_len=128, temperature=1.0, top_k=0, top_p=1.0,
                    samples_per_prompt=SAMPLES_PER_PROBLEM, offline_fraction=0.0)
-  c.rl.update(alpha=10.0, beta1=0.01, beta2=0.1, kl_estimator="k2", kl_mode="loss",
+  c.rl.update(alpha=10.0, beta1=0.01, beta2=0.1, kl_estimator="k1", kl_mode="reward",
               baseline="loo", normalization="token", stage2_reference="base")
   c.plan.update(stages="stage1,stage2", sft_steps=0, stage1_steps=1000, stage2_steps=2000,
                 single_turn_steps=0, interleave=0)
@@ -75,5 +77,5 @@ def get_config():
                  max_nan_steps=3, tensorboard=True)
   c.checkpoint.update(every=100, keep=3, keep_best=True, async_save=True)
   c.eval.update(batch_size=100, max_turn1_tokens=1024, max_turn2_tokens=1024, poll_s=60.0,
-                timeout_s=6 * 3600.0)
+                timeout_s=6 * 3600.0, validation_every=250, validation_split="validation")
   return c

@@ -20,7 +20,8 @@
 #   --config CONFIG       the training run's config file (relative to the repository root)
 #   --workdir WORKDIR     the training run's gs:// workdir
 #   --config.a.b=VALUE    config overrides, passed through (also anything after --)
-#   --once                evaluate the latest checkpoint and exit
+#   --once                evaluate one checkpoint and exit (--checkpoint picks it)
+#   --checkpoint WHICH    with --once: best (by validation; the default) | latest | STEP
 #   --on-train-worker0    run on worker 0 of the training slice, on CPU, detached
 #   --distributed         the eval slice has several hosts: run on all of them
 #   --project PROJECT     Google Cloud project (default: gcloud's configured one)
@@ -40,7 +41,7 @@ usage() {
   sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
 }
 
-NAME="" ZONE="" PROJECT="" CONFIG="" WORKDIR="" DIR=score_jax VENV=score_jax_venv
+NAME="" ZONE="" PROJECT="" CONFIG="" WORKDIR="" DIR=score_jax VENV=score_jax_venv CHECKPOINT=""
 LOG_DIR=score_jax_logs ACTION=run DETACH=0 ALLOW_LOCAL=0 ONCE=0 WORKER0=0 DISTRIBUTED=0
 OVERRIDES=()
 set_action() {
@@ -52,7 +53,7 @@ set -- "${ARGS[@]}"
 while (($#)); do
   case $1 in
     --name | --zone | --project | --config | --workdir | --dir | --venv | --log-dir | \
-      --gcloud-arg)
+      --checkpoint | --gcloud-arg)
       need_value "$@"
       case $1 in
         --name) NAME=$2 ;;
@@ -63,6 +64,7 @@ while (($#)); do
         --dir) DIR=$2 ;;
         --venv) VENV=$2 ;;
         --log-dir) LOG_DIR=$2 ;;
+        --checkpoint) CHECKPOINT=$2 ;;
         --gcloud-arg) GCLOUD_EXTRA+=("$2") ;;
       esac
       shift 2
@@ -110,6 +112,7 @@ case $ACTION in
     need_gcloud
     args=(-u -m score_jax.evaluate --config "$CONFIG" --workdir "$WORKDIR")
     ((!ONCE)) || args+=(--once)
+    [[ -z $CHECKPOINT ]] || args+=(--checkpoint "$CHECKPOINT")
     distributed=False
     ((!DISTRIBUTED)) || distributed=True
     args+=("${OVERRIDES[@]}" "--config.distributed=$distributed")

@@ -6,12 +6,17 @@ pytrees restored straight into the current mesh's shardings (from an abstract tr
 Orbax writes each step to a temporary directory and renames it when complete, so a reader
 that lists steps (the eval loop) never sees a half-written checkpoint.
 
-Retention: the last `keep` steps plus the best step by training reward (the paper selects
-checkpoints by highest training reward).
+Retention: the last `keep` steps plus the best validated step. A step saved with `metrics`
+(the trainer's greedy validation, `score_jax.validation`: every `metrics.KEYS` value and `n`)
+ranks by `best_metric` (higher is better; "-key" ranks lower as better); steps saved
+without metrics are kept only while among the last `keep`. `select_step` picks the step
+that the eval loop and the experiments evaluate: "best" (that validated step; the latest
+when no step was validated), "latest", or a step number.
 """
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import time
 from typing import Any, Iterator
@@ -21,7 +26,47 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-_REWARD_KEY = "train_reward"
+from score_jax import metrics as metrics_lib
+
+CHOICES = ("best", "latest")     # and step numbers: which checkpoint `select_step` picks
+
+
+class _QuietMissingMetrics(logging.Filter):
+  """Orbax warns at every save without metrics once it tracks them; ours are by design."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietMissingMetrics())
+
+
+def check_best_metric(best_metric: str) -> str:
+  """The metrics key of `best_metric` ("acc_t2", or "-delta_c2i" for lower is better)."""
+  key = str(best_metric).removeprefix("-")
+  if key not in metrics_lib.KEYS:
+    raise ValueError(f"config.checkpoint.best_metric={best_metric!r} is not a validation "
+                     f"metric; choose one of {metrics_lib.KEYS} (a leading '-' ranks lower "
+                     f"as better)")
+  return key
+
+
+def metric_value(metrics: Any, best_metric: str) -> float:
+  """A step's rank under `best_metric` (higher is better); -inf when it lacks the key."""
+  key = check_best_metric(best_metric)
+  if not isinstance(metrics, dict) or metrics.get(key) is None:
+    return float("-inf")
+  return -float(metrics[key]) if str(best_metric).startswith("-") else float(metrics[key])
+
+
+def parse_choice(which: str | int, field: str = "--checkpoint") -> str | int:
+  """"best", "latest" or a step number (int) from `which`; a clear error otherwise."""
+  text = str(which).strip()
+  if text in CHOICES:
+    return text
+  if text.isdigit() and int(text) > 0:
+    return int(text)
+  raise ValueError(f"{field}={which!r}: choose best, latest or a step number (e.g. 40)")
 
 
 def as_path(path: str | pathlib.Path) -> epath.Path:
@@ -42,16 +87,22 @@ class Checkpointer:
   """Saves and restores run state under `directory` (see module docstring)."""
 
   def __init__(self, directory: str | pathlib.Path, *, every: int = 1, keep: int = 2,
-               keep_best: bool = True, async_save: bool = True, read_only: bool = False):
+               keep_best: bool = True, best_metric: str = "acc_t2", async_save: bool = True,
+               read_only: bool = False):
     self.directory = as_path(directory)
+    check_best_metric(best_metric)
+    rank = lambda metrics: metric_value(metrics, best_metric)  # noqa: E731
     policies = [ocp.checkpoint_managers.LatestN(n=max(int(keep), 1))]
     if keep_best:
+      # Ties go to the later step (a stable sort keeps its last), as in `select_step`.
       policies.append(ocp.checkpoint_managers.BestN(
-          get_metric_fn=lambda metrics: metrics[_REWARD_KEY], n=1,
-          keep_checkpoints_without_metrics=False))
+          get_metric_fn=rank, n=1, keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(max(int(every), 1)),
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        # With best_fn set, Orbax writes each step's metrics to disk (<step>/metrics), so a
+        # resumed trainer still knows its best step; retention is `policies` alone.
+        best_fn=rank, best_mode="max",
         enable_async_checkpointing=async_save,
         read_only=read_only,
         create=not read_only,
@@ -70,10 +121,16 @@ class Checkpointer:
     """Re-reads the directory (for a reader that follows a running trainer)."""
     self._manager.reload()
 
+  def metrics(self, step: int) -> dict[str, Any] | None:
+    """The metrics `step` was saved with (None for a step saved without)."""
+    found = self._manager.metrics(step)
+    return dict(found) if found is not None else None
+
   def save(self, step: int, params: Any, opt_state: Any | None, meta: dict[str, Any], *,
-           train_reward: float | None = None, force: bool = False) -> bool:
-    """Saves (asynchronously unless disabled) if the policy says so or `force`."""
-    metrics = None if train_reward is None else {_REWARD_KEY: float(train_reward)}
+           metrics: dict[str, float] | None = None, force: bool = False) -> bool:
+    """Saves (asynchronously unless disabled) if the policy says so or `force`. `metrics`
+    (validation results) rank the step for retention and `select_step`."""
+    metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
     items = dict(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta))
     if opt_state is not None:
       items["opt_state"] = ocp.args.StandardSave(opt_state)
@@ -102,6 +159,38 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def select_step(directory: str | pathlib.Path, which: str | int = "best",
+                best_metric: str = "acc_t2") -> tuple[int, str]:
+  """(step, why) of the checkpoint to evaluate: "best" (the validated step ranked first by
+  `best_metric`, the later one on ties; the latest step when none was validated), "latest",
+  or a step number. Raises FileNotFoundError / ValueError naming the directory."""
+  choice = parse_choice(which)
+  reader = Checkpointer(directory, read_only=True, keep_best=False)
+  steps = sorted(reader.all_steps())
+  if not steps:
+    raise FileNotFoundError(f"no finished checkpoint in {reader.directory}")
+  listed = ", ".join(map(str, steps))
+  if isinstance(choice, int):
+    if choice not in steps:
+      raise ValueError(f"--checkpoint={choice}: no finished step {choice} in "
+                       f"{reader.directory} (steps on disk: {listed})")
+    return choice, f"step {choice} as asked (steps on disk: {listed})"
+  validated = {s: m for s in steps if (m := reader.metrics(s)) is not None
+               and metric_value(m, best_metric) > float("-inf")}
+  if choice == "latest" or not validated:
+    why = ("the latest" if choice == "latest" else
+           f"the latest (no step on disk has a validation {check_best_metric(best_metric)}; "
+           f"config.eval.validation_every > 0 validates during training)")
+    return steps[-1], f"{why} (steps on disk: {listed})"
+  best = max(validated, key=lambda s: (metric_value(validated[s], best_metric), s))
+  key = check_best_metric(best_metric)
+  n = validated[best].get("n")
+  on = f" on {int(n)} validation problems" if n is not None else ""
+  name = f"(lowest) {key}" if str(best_metric).startswith("-") else key
+  return best, (f"best {name} {validated[best][key]:.4g}{on} (validated steps on disk: "
+                f"{', '.join(map(str, sorted(validated)))})")
 
 
 def latest_step(directory: str | pathlib.Path) -> int | None:

@@ -1,13 +1,16 @@
 """The eval loop, a separate process that follows a run's checkpoints.
 
-  python -m score_jax.evaluate --config configs/tiny.py --workdir W [--once]
+  python -m score_jax.evaluate --config configs/tiny.py --workdir W [--once [--checkpoint C]]
 
 Waits for new checkpoints in `W/checkpoints/`, evaluates each with greedy two-turn
 decoding on the task's eval split, and appends one JSON line per checkpoint to
 `W/eval/metrics.jsonl` (step, stage, n, acc_t1, acc_t2, delta, delta_i2c, delta_c2i,
 answer_changed, edit_distance_ratio, with standard errors) plus TensorBoard scalars, and
-the first responses to `W/eval/samples/<step>.jsonl`. `--once` evaluates the latest
-checkpoint and exits. Steps already in the metrics file are not evaluated again.
+the first responses to `W/eval/samples/<step>.jsonl`. `--once` evaluates one checkpoint and
+exits: `--checkpoint best` (the default: the best step by the training run's validation,
+config.checkpoint.best_metric; the latest when no step was validated), `latest`, or a step
+number; it prints which step and why. Steps already in the metrics file are not evaluated
+again.
 """
 
 from __future__ import annotations
@@ -32,15 +35,21 @@ from score_jax.tasks import base as task_base
 
 def evaluate_params(c: build_lib.Components, params: Any, problems: Sequence[task_base.Problem],
                     *, batch_size: int, turn1_tokens: int, turn2_tokens: int,
-                    params_turn2: Any = None, progress: bool = True) -> dict[str, Any]:
+                    params_turn2: Any = None, instruction: str | None = None,
+                    progress: bool = True) -> dict[str, Any]:
   """Greedy two-turn evaluation; returns metrics plus per-problem records under 'records'.
 
   `params_turn2` (default: `params`) lets baselines such as "base model corrects itself"
-  use different weights for the two attempts.
+  use different weights for the two attempts. `instruction` (default: the task's
+  turn-2 instruction) replaces the turn-2 instruction, e.g. Self-Refine's
+  (`score_jax.tasks.prompts.self_refine_instruction`); the extra-chunk budget
+  (config.rollout.max_instruction_len) grows to fit it for this evaluation.
   """
   if not problems:
     raise ValueError("no problems to evaluate (empty eval split or config.eval_limit)")
   two_turn = c.two_turn(turn1_tokens, turn2_tokens)
+  if instruction is not None:
+    two_turn = two_turn.with_instruction(instruction)
   params_turn2 = params if params_turn2 is None else params_turn2
   r1, r2, y1, y2 = [], [], [], []
   for i in tqdm.trange(0, len(problems), batch_size, desc="eval", disable=not progress,
@@ -76,10 +85,23 @@ def eval_dir(config, workdir):
   return workdir / "eval"
 
 
-def run(config, workdir: str | pathlib.Path, *, once: bool = False) -> list[dict[str, Any]]:
-  """Evaluates checkpoints of `workdir` (see module docstring); returns the new lines."""
+def run(config, workdir: str | pathlib.Path, *, once: bool = False,
+        checkpoint: str | int | None = None) -> list[dict[str, Any]]:
+  """Evaluates checkpoints of `workdir` (see module docstring); returns the new lines.
+
+  `checkpoint` (best | latest | a step; default best) picks the step of `once`.
+  """
   workdir = checkpoint_lib.as_path(workdir)
   plan_lib.validate(config)
+  if checkpoint is not None and not once:
+    raise ValueError(f"--checkpoint={checkpoint} picks the step of --once; without --once "
+                     f"every new checkpoint is evaluated: add --once or drop --checkpoint")
+  ckpt_dir = workdir / "checkpoints"
+  if once:
+    step, why = checkpoint_lib.select_step(ckpt_dir, "best" if checkpoint is None else checkpoint,
+                                           config.checkpoint.best_metric)
+    if jax.process_index() == 0:
+      print(f"evaluating step {step}: {why}", flush=True)
   c = build_lib.build(config)
   problems = eval_problems(c)
   out = eval_dir(config, workdir)
@@ -88,13 +110,12 @@ def run(config, workdir: str | pathlib.Path, *, once: bool = False) -> list[dict
   writer = (metrics_lib.MetricWriter(out / "metrics.jsonl", workdir / "tensorboard" / out.name)
             if is_writer else None)
   done = {r["step"] for r in metrics_lib.read_jsonl(out / "metrics.jsonl")}
-  ckpt_dir = workdir / "checkpoints"
   reader = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, keep_best=False)
   if once:
-    latest = reader.latest_step()
-    if latest is None:
-      raise FileNotFoundError(f"no finished checkpoint in {ckpt_dir}")
-    steps: Any = [latest]
+    steps: Any = [step]
+    if step in done and is_writer:
+      print(f"step {step} is already in {out / 'metrics.jsonl'}: not evaluated again",
+            flush=True)
   else:
     steps = checkpoint_lib.follow(ckpt_dir, poll_s=config.eval.poll_s,
                                   timeout_s=config.eval.timeout_s)
@@ -132,10 +153,12 @@ def run(config, workdir: str | pathlib.Path, *, once: bool = False) -> list[dict
 def main(argv: list[str] | None = None) -> None:
   config, args = config_lib.parse(
       sys.argv[1:] if argv is None else argv, __doc__,
-      extra=[("--once", dict(action="store_true", help="evaluate the latest checkpoint, exit"))])
+      extra=[("--once", dict(action="store_true", help="evaluate one checkpoint, exit")),
+             ("--checkpoint", dict(default=None, help="with --once: best (default: by "
+                                   "validation, else the latest) | latest | a step number"))])
   try:
     multihost.maybe_initialize_distributed(config)
-    run(config, args.workdir, once=args.once)
+    run(config, args.workdir, once=args.once, checkpoint=args.checkpoint)
   except (ValueError, FileNotFoundError) as e:
     config_lib.die(str(e))
 

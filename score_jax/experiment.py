@@ -30,17 +30,23 @@ from score_jax import metrics as metrics_lib
 from score_jax import report
 from score_jax import train
 from score_jax.rl import plan as plan_lib
+from score_jax.tasks import prompts
 
-# Method name -> (label in tables, how its training run differs from the base config).
-# `rl` means the experiment's RL steps (experiment.rl_steps), split between Stage I and II
-# by experiment.stage1_fraction where the method has both stages.
+# Method name -> label in tables; `method_config` says how its training run differs from
+# the base config. `base` and `self_refine` are not trained (report.UNTRAINED): the base
+# model with the task's own turn-2 instruction, and with Self-Refine's critique-then-revise
+# instruction (score_jax.tasks.prompts.self_refine_instruction). The RL methods use the
+# experiment's RL steps (experiment.rl_steps), split between Stage I and the next stage by
+# experiment.stage1_fraction where the method has two stages.
 METHODS: dict[str, str] = {
-    "base": "Base model (Self-Refine-style prompt)",
+    "base": "Base model",
+    "self_refine": "Self-Refine (zero-shot prompt)",
     "star": "STaR (D+)",
     "pair_sft": "Pair-SFT",
     "single_turn_rl": "Single-turn RL",
     "no_stage1": "Multi-turn RL w/o Stage I",
     "no_shaping": "SCoRe w/o reward shaping",
+    "star_stage2": "SCoRe w/ STaR instead of REINFORCE in Stage II",
     "score": "SCoRe",
 }
 
@@ -65,9 +71,16 @@ def method_config(config: ml_collections.ConfigDict, method: str, seed: int,
     plan.update(stages="stage2", stage2_steps=rl_steps)
   elif method == "single_turn_rl":
     plan.update(stages="single_turn", single_turn_steps=rl_steps)
+  elif method == "star_stage2":
+    # The paper's ablation: Stage I, then STaR steps (SFT on the policy's own traces that
+    # end right) in place of Stage II's REINFORCE; both at the RL learning rate.
+    plan.update(stages="stage1,star", stage1_steps=stage1, star_steps=rl_steps - stage1)
   elif method in ("star", "pair_sft"):
     plan.update(stages=method, **{f"{method}_steps": int(exp.sft_baseline_steps)})
     c.optim.lr = float(exp.sft_baseline_lr)
+  elif method in report.UNTRAINED:
+    raise ValueError(f"method {method!r} is not trained: it is evaluated with the base "
+                     f"model's weights")
   else:
     raise ValueError(f"unknown method {method!r}; methods are {sorted(METHODS)}")
   c.plan.update(plan)
@@ -91,8 +104,19 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   train.Trainer(config, workdir).run()
 
 
-def _final_params(workdir: pathlib.Path, like: Any) -> Any:
-  params, _, _ = checkpoint_lib.restore_params(workdir / "checkpoints", like)
+def _final_params(workdir: pathlib.Path, like: Any,
+                  config: ml_collections.ConfigDict | None = None) -> Any:
+  """The params to evaluate, printing which step and why: a trained method's
+  config.experiment.checkpoint (best | latest | a step); without `config` (the base model)
+  the latest step, the weights the methods start from (config.init.params)."""
+  which = "latest" if config is None else config.experiment.checkpoint
+  best_metric = "acc_t2" if config is None else config.checkpoint.best_metric
+  step, why = checkpoint_lib.select_step(workdir / "checkpoints", which, best_metric)
+  if config is None:
+    why += "; the base model every method starts from"
+  if jax.process_index() == 0:
+    print(f"{workdir}: evaluating step {step}: {why}", flush=True)
+  params, _, _ = checkpoint_lib.restore_params(workdir / "checkpoints", like, step)
   return params
 
 
@@ -122,15 +146,19 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
     base_params = _final_params(base_dir, c.base_params)
     for method in methods:
       print(f"=== seed {seed}: {METHODS[method]} ===", flush=True)
-      if method == "base":
+      if method in report.UNTRAINED:
         params = base_params
       else:
         mdir = seed_dir / method
         _train(method_config(config, method, seed, str(base_dir / "checkpoints")), mdir)
-        params = _final_params(mdir, c.base_params)
+        params = _final_params(mdir, c.base_params, config)
+      # Self-Refine: the base model, prompted to critique its first attempt, then revise.
+      instruction = (prompts.self_refine_instruction(config.task.name)
+                     if method == "self_refine" else None)
       result = evaluate_lib.evaluate_params(
           c, params, problems, batch_size=config.eval.batch_size,
-          turn1_tokens=config.eval.max_turn1_tokens, turn2_tokens=config.eval.max_turn2_tokens)
+          turn1_tokens=config.eval.max_turn1_tokens, turn2_tokens=config.eval.max_turn2_tokens,
+          instruction=instruction)
       records = result.pop("records")
       per_seed[method][seed] = result
       if seed == seeds[0]:

@@ -23,6 +23,8 @@ from score_jax import metrics as metrics_lib  # noqa: E402  pylint: disable=wron
 COLUMNS = tuple(metrics_lib.LABELS.items())
 STAGE_COLORS = {"sft": "#eeeeee", "stage1": "#dceefb", "stage2": "#fde9d9",
                 "single_turn": "#e5f5e0", "star": "#f2e6f7", "pair_sft": "#fff5cc"}
+# Methods evaluated with the base model's weights: no training run, no training curves.
+UNTRAINED = ("base", "self_refine")
 # Whose samples a stage's logged rollout metrics describe, where it is not the policy's own.
 SAMPLES_NOTE = {"pair_sft": "rollouts of the frozen base model (the Pair-SFT data), "
                             "not of the model in training"}
@@ -71,7 +73,7 @@ def plot_training(workdir: pathlib.Path, methods: Sequence[str], seed: int,
                   labels: dict[str, str] | None = None) -> pathlib.Path:
   """Training curves of each trained method of `seed` (module docstring)."""
   labels = labels or {}
-  trained = [m for m in methods if m != "base"]
+  trained = [m for m in methods if m not in UNTRAINED]
   fig, axes = plt.subplots(len(trained) or 1, 2, figsize=(11, 2.6 * max(len(trained), 1)),
                            squeeze=False)
   for ax_row, method in zip(axes, trained):

@@ -39,6 +39,7 @@ from score_jax import metrics as metrics_lib
 from score_jax import multihost
 from score_jax import reshard as reshard_lib
 from score_jax import sampler as sampler_lib
+from score_jax import validation as validation_lib
 from score_jax.rl import baselines
 from score_jax.rl import episode as episode_lib
 from score_jax.rl import losses
@@ -46,9 +47,6 @@ from score_jax.rl import plan as plan_lib
 from score_jax.rl import rollout as rollout_lib
 from score_jax.rl import step as step_lib
 from score_jax.tasks import base as task_base
-
-RL_STAGES = ("stage1", "stage2", "single_turn")
-
 
 class NonFiniteLossError(RuntimeError):
   """Too many non-finite losses in a row; the last good checkpoint is kept."""
@@ -105,7 +103,8 @@ def loss_config(config: ml_collections.ConfigDict, stage: str) -> losses.LossCon
                            kl_estimator=rl.kl_estimator, kl_mode=rl.kl_mode,
                            baseline=rl.baseline,
                            samples_per_prompt=config.rollout.samples_per_prompt,
-                           normalization=rl.normalization)
+                           normalization=rl.normalization,
+                           shaping_baseline=bool(rl.shaping_baseline))
 
 
 class Trainer:
@@ -113,6 +112,7 @@ class Trainer:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     plan_lib.validate(config)
+    validation_lib.check_config(config)
     self.config, self.workdir = config, checkpoint_lib.as_path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -124,6 +124,7 @@ class Trainer:
     ck = config.checkpoint
     self.ckpt = checkpoint_lib.Checkpointer(self.workdir / "checkpoints", every=ck.every,
                                             keep=ck.keep, keep_best=ck.keep_best,
+                                            best_metric=ck.best_metric,
                                             async_save=ck.async_save)
     self.is_writer = jax.process_index() == 0
     tb = self.workdir / "tensorboard" / "train" if config.train.tensorboard else None
@@ -138,6 +139,9 @@ class Trainer:
     self.sampling = reshard_lib.SamplingParams(fsdp=config.mesh.sampling_fsdp)
     self.shardings = step_lib.step_shardings(self.optimizer, self.c.base_params, self.c.mesh)
     self._steps: dict[str, Any] = {}
+    # Greedy validation every config.eval.validation_every steps (score_jax.validation).
+    self.validator = validation_lib.Validator(self.c, self.workdir, self.total,
+                                              is_writer=self.is_writer)
 
   # --- state -------------------------------------------------------------------------
   def _model_store(self, name: str) -> checkpoint_lib.Checkpointer:
@@ -237,6 +241,7 @@ class Trainer:
     """STaR / Pair-SFT data from the model's own samples (see score_jax.rl.baselines)."""
     k = int(self.config.rollout.samples_per_prompt)
     problems = [p for p in data.take(int(self.config.train.batch_size)) for _ in range(k)]
+    extra: dict[str, float] = {}
     if stage == "star":
       policy = self.sampling.get("policy", params)
       result = self.two_turn.rollout(policy, policy, problems, method=self.method, rng=key,
@@ -247,12 +252,15 @@ class Trainer:
       base = self.sampling.get("base", self.base_policy(params))
       result = self.two_turn.rollout(base, base, problems, method=self.method, rng=key,
                                      process_local=True)
-      episode, _ = baselines.pair_sft_episode(self.two_turn, result, self.c.task.correct_answer)
+      # Pairs use every row's samples (a problem's k rows may span processes).
+      rows = multihost.gather_rows(baselines.sample_rows(result), result.split)
+      episode, data_stats = baselines.pair_sft_episode(self.two_turn, result, rows)
+      extra = {"problems_solved_fraction": data_stats["problems_solved_fraction"]}
     # A row is kept when any of its y2 tokens is trained (every y2 has at least one token).
     kept = np.asarray(multihost.gather_rows(episode.turn2_mask_BT.any(axis=1).tolist(),
                                            result.split), bool)
     # The sampled rollouts' metrics: STaR's own samples, Pair-SFT's base-model samples.
-    stats = dict(self.rollout_stats([result]), kept_fraction=float(kept.mean()))
+    stats = dict(self.rollout_stats([result]), kept_fraction=float(kept.mean()), **extra)
     return [(episode, result.split)], stats
 
   def rl_batch(self, stage: str, params: Any, ref: Any, data: DataStream, key: jax.Array
@@ -353,16 +361,18 @@ class Trainer:
       meta = {"step": step + 1, "stage": stage, "data_position": data.position,
               "rng_key": np.asarray(jax.random.key_data(key)).tolist(),
               "config": config_lib.to_plain(self.config)}
-      reward = stats.get("reward_t2")
       if not out["skipped"]:
-        self.ckpt.save(step + 1, params, opt_state, meta, train_reward=reward,
-                       force=(step + 1 == self.total))
+        # A validated step is always saved, with its validation metrics (its rank).
+        validated = self.validator.maybe_run(step + 1, stage, params)
+        self.ckpt.save(step + 1, params, opt_state, meta, metrics=validated,
+                       force=(step + 1 == self.total) or validated is not None)
       last = record
       bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "reward_t1", "reward_t2")
                        if k in record})
       bar.update(1)
     bar.close()
     self.ckpt.close()
+    self.validator.close()
     if self.writer:
       self.writer.close()
     self.params = params

@@ -142,3 +142,12 @@ def test_train_step_smoke_also_times_the_xla_attention_side():
   r = _run("train_step.py", "--smoke", "--also-xla-attention")
   assert r["attention_ours"] == "xla"                      # CPU: "auto" keeps ours
   assert abs(r["ours_xla"]["first_loss"] - r["ours"]["first_loss"]) < 1e-6
+
+
+def test_shaping_variance_smoke_reports_both_settings():
+  r = _run("shaping_variance.py", "--smoke", marker="turn2: variance off")
+  assert r["batches"] == 3 and r["rows_per_batch"] == 8
+  for name in ("all", "turn2"):
+    for flag in ("off", "on"):
+      assert set(r[f"{name}_{flag}"]) == {"mean_grad_norm", "total_variance"}
+      assert r[f"{name}_{flag}"]["total_variance"] >= 0

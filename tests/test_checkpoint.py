@@ -1,4 +1,4 @@
-"""Orbax checkpoints: retention (last K + best by training reward), restore into another
+"""Orbax checkpoints: retention (last K + best by validation metric), restore into another
 mesh's shardings, and readers that never see a half-written step."""
 
 import jax
@@ -19,8 +19,8 @@ def test_keeps_last_k_and_best(tmp_path):
   params = _tree(mesh, P("fsdp"))
   ckpt = checkpoint_lib.Checkpointer(tmp_path / "c", every=1, keep=2, keep_best=True,
                                      async_save=False)
-  for step, reward in zip(range(1, 7), [0.1, 0.9, 0.3, 0.2, 0.4, 0.5]):
-    ckpt.save(step, params, None, {"step": step}, train_reward=reward)
+  for step, acc in zip(range(1, 7), [0.1, 0.9, 0.3, 0.2, 0.4, 0.5]):
+    ckpt.save(step, params, None, {"step": step}, metrics={"acc_t2": acc})
   ckpt.close()
   reader = checkpoint_lib.Checkpointer(tmp_path / "c", read_only=True)
   assert sorted(reader.all_steps()) == [2, 5, 6]  # best (0.9 at step 2) + last two

@@ -50,11 +50,28 @@ def test_missing_config_file():
     ("--config.rl.beta2=-0.5", r"config.rl.beta2=-0.5 must be >= 0"),
     ("--config.rollout.samples_per_prompt=1", "leave-one-out"),
     ("--config.rl.kl_estimator=k4", "kl_estimator"),
+    ("--config.rollout.temperature=0.7", r"temperature=0.7 samples from another .* "
+                                         r"off-policy. Set --config.rollout.temperature=1.0"),
+    ("--config.rollout.top_k=5", r"top_k=5 .* off-policy"),
+    ("--config.rollout.top_p=0.9", r"top_p=0.9 .* off-policy"),
 ])
 def test_bad_settings_fail_at_start(override, message):
   c = config_lib.load(REPO_ROOT / "configs/tiny.py", [override])
   with pytest.raises(ValueError, match=message):
     plan.validate(c)
+
+
+def test_off_policy_sampling_is_fine_for_supervised_stages():
+  # STaR / Pair-SFT / sft train on samples as data, not with their log-probs.
+  c = config_lib.load(REPO_ROOT / "configs/tiny.py", [
+      "--config.rollout.temperature=0.7", "--config.plan.stages=sft,star",
+      "--config.plan.star_steps=2"])
+  plan.validate(c)
+  # An RL stage with zero steps does not sample either.
+  c = config_lib.load(REPO_ROOT / "configs/tiny.py", [
+      "--config.rollout.temperature=0.7", "--config.plan.stages=sft,stage1",
+      "--config.plan.stage1_steps=0"])
+  plan.validate(c)
 
 
 def test_plan_blocks_and_interleaving():

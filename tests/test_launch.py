@@ -208,6 +208,13 @@ def test_eval_commands(tripwire, monkeypatch):
                  "--config", "configs/tiny.py", "--workdir", "gs://b/r", "--distributed", "-n")
   assert "--worker=all" in multi.split() and multi.endswith("--config.distributed=True'")
 
+  # --checkpoint reaches the evaluator, which picks that step with --once.
+  chosen, = lines(tripwire, "launch/tpu_eval.sh", "--name", "ev", "--zone", "us-east5-a",
+                  "--config", "configs/tiny.py", "--workdir", "gs://b/r", "--once",
+                  "--checkpoint", "latest", "-n")
+  argv = _remote_python_argv(chosen, "score_jax.evaluate")
+  assert argv[argv.index("--checkpoint") + 1] == "latest" and "--once" in argv
+
 
 @pytest.mark.parametrize("script", ["tpu_train.sh", "tpu_eval.sh"])
 def test_local_workdir_is_refused(tripwire, script):

@@ -168,7 +168,51 @@ def worker_eval(argv: list[str]) -> None:
   evaluate_lib.main(argv)
 
 
-WORKERS = {"train": worker_train, "checks": worker_checks, "eval": worker_eval}
+# Exactness of micro-batching across processes: (baseline, normalisation, kl_mode, estimator).
+# (tests/rl/test_accumulation.py covers the grid on one process.)
+ACCUMULATION_CASES = (("loo", "sequence", "reward", "k1"),)
+
+
+def accumulation_results() -> dict:
+  """Loss, grad norm and per-leaf gradient sums of RL steps on `varied_episode`, for each
+  case and 1 / 4 micro-batches, on the current processes' global 8-device mesh."""
+  from score_jax.model import transformer as model_lib  # pylint: disable=import-outside-toplevel
+  from score_jax.model.config import tiny  # pylint: disable=import-outside-toplevel
+  from score_jax.rl import losses  # pylint: disable=import-outside-toplevel
+  from score_jax.rl import step as step_lib  # pylint: disable=import-outside-toplevel
+  from tests.episodes import KEEP_GRADS, varied_episode  # pylint: disable=import-outside-toplevel
+  config = tiny("llama")
+  mesh = mesh_lib.make_mesh(data=2, fsdp=-1, tensor=1)
+  graphdef, params = model_lib.init_params(config, mesh, seed=0)
+  ref = jax.tree.map(lambda x: x * 1.03, params)
+  episode = jax.tree.map(lambda x: multihost.put_batch(x, mesh),
+                         varied_episode(config.vocab_size))
+  leaf_sums = jax.jit(lambda tree: [jnp.sum(x) for x in jax.tree.leaves(tree)],
+                      out_shardings=jax.sharding.NamedSharding(mesh, jax.P()))
+  out = {}
+  for baseline, normalization, kl_mode, estimator in ACCUMULATION_CASES:
+    cfg = losses.LossConfig(stage="stage2", beta1=0.3, baseline=baseline,
+                            samples_per_prompt=2, normalization=normalization,
+                            kl_mode=kl_mode, kl_estimator=estimator)
+    for micro in (1, 4):
+      step = step_lib.make_rl_step(graphdef, KEEP_GRADS, cfg, micro)
+      state = step_lib.replicate_unsharded(KEEP_GRADS.init(params), mesh)
+      _, grads, metrics = step(jax.tree.map(jnp.copy, params), state, ref, episode)
+      out[f"{baseline}/{normalization}/{kl_mode}/{micro}"] = {
+          "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
+          "leaf_sums": [float(x) for x in leaf_sums(grads)]}
+  return out
+
+
+def worker_accumulation(argv: list[str]) -> None:
+  multihost.maybe_initialize_distributed(ml_collections.ConfigDict({"distributed": True}))
+  out = accumulation_results()
+  (pathlib.Path(argv[0]) / f"accumulation{jax.process_index()}.json").write_text(
+      json.dumps(out))
+
+
+WORKERS = {"train": worker_train, "checks": worker_checks, "eval": worker_eval,
+           "accumulation": worker_accumulation}
 
 
 # --- tests ---------------------------------------------------------------------------------
@@ -203,6 +247,23 @@ def test_two_processes_split_rows_gather_and_sample(tmp_path):
     assert g["gathered_y2"] == g["whole_y2"]
   assert got[0]["whole_y1"] == got[1]["whole_y1"]
   assert len(set(got[0]["whole_y1"])) > 1   # really sampled, not a constant
+
+
+def test_micro_batches_change_nothing_on_two_processes(tmp_path):
+  """1 and 4 micro-batches give the same loss and gradient on 2 processes x 4 devices, and
+  the same as on this process's 8 devices (weights are computed over the global batch)."""
+  launch("accumulation", [str(tmp_path)], processes=2, devices=4, log_dir=tmp_path,
+         timeout=600)
+  two = [json.loads((tmp_path / f"accumulation{i}.json").read_text()) for i in range(2)]
+  assert two[0] == two[1]
+  one = accumulation_results()
+  for key, want in one.items():
+    assert want["grad_norm"] > 1e-3, key
+    for got in (two[0][key], two[0][key.rsplit("/", 1)[0] + "/1"]):
+      np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5, err_msg=key)
+      np.testing.assert_allclose(got["grad_norm"], want["grad_norm"], rtol=1e-5, err_msg=key)
+      np.testing.assert_allclose(got["leaf_sums"], want["leaf_sums"], rtol=1e-4,
+                                 atol=1e-4 * max(map(abs, want["leaf_sums"])), err_msg=key)
 
 
 def test_row_split_on_one_process_is_everything():

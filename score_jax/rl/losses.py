@@ -1,31 +1,18 @@
-"""SCoRe objectives (Kumar et al. 2024, Eq. 2-4) as pure, jit-able functions.
+"""The building blocks of the SCoRe objectives (`score_jax.rl.objectives`), pure and jit-able.
 
-One row of the batch is one two-turn episode laid out as a single token sequence
-`[x, y1, x2-extra, y2]` (`score_jax.rl.episode.Episode`); the trainer gives per-position
-log-probs of the policy (`logp_BT`) and of the frozen reference (`ref_logp_BT`), and the
-losses read the Episode's boolean masks of the y1 tokens (`turn1_mask_BT`) and of the y2
-tokens (`turn2_mask_BT`) and its binary rewards `r1_B`, `r2_B`. The y1 tokens are prompt
-for turn 2, so only `turn1_mask_BT` covers them.
-
-Every objective here is a sum of per-turn terms, each normalised over its own mask:
-
-  PG_i  = - masked_mean(A_i[b] * logp[b, t], mask_i)        (REINFORCE, A_i stop-gradient)
-  KL_i  = beta_i * masked_mean(k(logp, ref_logp)[b, t], mask_i)   (kl_mode="loss")
-
-or, with kl_mode="reward", the KL is folded into that turn's reward before the baseline:
-`R_i[b] - beta_i * sg(sum_t k(logp, ref)[b, t] mask_i[b, t])`, and no KL term is in the loss.
-Rows `[g*k, (g+1)*k)` share a prompt (k = samples_per_prompt) for leave-one-out baselines.
+Per token: log-probs and entropies from logits, KL estimators, masked means. Per episode:
+baseline advantages and Stage II's shaped rewards. `LossConfig` holds the objective's
+static settings. Rows `[g*k, (g+1)*k)` share a prompt (k = samples_per_prompt) for
+leave-one-out baselines.
 
 Legend: B batch, T sequence length, V vocab.
 """
-
 from __future__ import annotations
 
 import dataclasses
+
 import jax
 import jax.numpy as jnp
-
-from score_jax.rl.episode import Episode
 
 STAGES = ("stage1", "stage2", "single_turn")
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -41,11 +28,14 @@ class LossConfig:
   alpha: float = 10.0            # Stage II shaping bonus alpha * (r2 - r1)
   beta1: float = 0.01            # default KL weight (turn 2 in Stage I; both turns in Stage II)
   beta2: float = 0.1             # Stage I KL weight on turn-1 tokens
-  kl_estimator: str = "k3"       # "k1" | "k2" | "k3"
-  kl_mode: str = "loss"          # "loss" (KL term in the loss) | "reward" (folded, no grad)
+  kl_estimator: str = "k1"       # "k1" | "k2" | "k3"
+  kl_mode: str = "reward"        # "reward" (folded into the reward, no grad) | "loss" (a term)
   baseline: str = "loo"          # "none" | "batch_mean" | "loo" (leave-one-out over k samples)
   samples_per_prompt: int = 1    # k: rows [g*k, (g+1)*k) share prompt g
-  normalization: str = "token"   # "token" | "sequence" (see masked_mean)
+  normalization: str = "token"   # "token" | "sequence" (see masked_mean; sequence is
+                                 # length-biased: see score_jax.rl.objectives)
+  shaping_baseline: bool = False  # Stage II: drop the -alpha r1 part of the turn-2 reward
+                                  # (zero expected gradient, only variance; beyond the paper)
 
   def __post_init__(self):
     problems = []
@@ -113,9 +103,13 @@ def kl_per_token(logp_BT: jax.Array, ref_logp_BT: jax.Array, estimator: str) -> 
 
   With `d = ref_logp - logp` (the reference is stop-gradient'ed):
     k1 = -d                   unbiased value; as a loss its expected gradient is 0.
-    k2 = d^2 / 2              biased value; as a loss its expected gradient is grad KL(pi||ref).
-    k3 = exp(d) - d - 1 >= 0  unbiased value; as a loss its expected gradient is
-                              grad KL(ref||pi), not grad KL(pi||ref) (biased).
+    k2 = d^2 / 2              biased value; as a loss its expected gradient is that of the
+                              per-token KL(pi || ref) at the sampled contexts.
+    k3 = exp(d) - d - 1 >= 0  unbiased value; as a loss its expected gradient is that of
+                              KL(ref || pi), not KL(pi || ref) (biased).
+  None of them, as a loss term, follows the gradient of the paper's sequence-level
+  KL(pi || ref); k1 summed per sequence and folded into the reward does
+  (kl_mode="reward"; see score_jax.rl.objectives).
   """
   if estimator not in KL_ESTIMATORS:
     raise ValueError(f"kl_per_token: estimator={estimator!r} is unknown: use one of "
@@ -205,143 +199,3 @@ def policy_gradient_term(logp_BT: jax.Array, adv_B: jax.Array, mask_BT: jax.Arra
                      f"of logp_BT {logp_BT.shape}")
   adv_B = jax.lax.stop_gradient(adv_B).astype(jnp.float32)
   return masked_mean(-adv_B[:, None] * logp_BT.astype(jnp.float32), mask_BT, normalization)
-
-
-# ----------------------------------------------------------------------------- objectives
-
-
-def _check(logp_BT, ref_logp_BT, episode: Episode, cfg: LossConfig) -> None:
-  """Shape checks done at trace time (static shapes only)."""
-  if not isinstance(cfg, LossConfig):
-    raise ValueError(f"cfg must be a LossConfig, got {type(cfg).__name__}")
-  if logp_BT.ndim != 2 or ref_logp_BT.shape != logp_BT.shape:
-    raise ValueError(f"logp_BT {logp_BT.shape} and ref_logp_BT {ref_logp_BT.shape} must be "
-                     "the same [B, T] shape")
-  batch = logp_BT.shape[0]
-  for name in ("turn1_mask_BT", "turn2_mask_BT"):
-    if getattr(episode, name).shape != logp_BT.shape:
-      raise ValueError(f"Episode.{name} has shape {getattr(episode, name).shape}, "
-                       f"expected {logp_BT.shape} like logp_BT")
-  for name in ("r1_B", "r2_B"):
-    if getattr(episode, name).shape != (batch,):
-      raise ValueError(f"Episode.{name} has shape {getattr(episode, name).shape}, "
-                       f"expected ({batch},)")
-  if batch % cfg.samples_per_prompt:
-    raise ValueError(
-        f"batch size {batch} is not divisible by LossConfig.samples_per_prompt="
-        f"{cfg.samples_per_prompt}: feed whole groups of k samples per prompt")
-
-
-def _turn(logp_BT, ref_logp_BT, mask_BT, reward_B, beta, cfg: LossConfig) -> dict:
-  """One turn's REINFORCE + KL pieces (KL as a loss term or folded into the reward)."""
-  kl_BT = kl_per_token(logp_BT, ref_logp_BT, cfg.kl_estimator)
-  mask_f_BT = mask_BT.astype(jnp.float32)
-  kl_sum_B = jax.lax.stop_gradient(jnp.sum(kl_BT * mask_f_BT, axis=1))
-  reward_B = jax.lax.stop_gradient(reward_B).astype(jnp.float32)
-  if cfg.kl_mode == "loss":
-    kl_loss = beta * masked_mean(kl_BT, mask_BT, cfg.normalization)
-  else:
-    reward_B = reward_B - beta * kl_sum_B
-    kl_loss = jnp.zeros((), jnp.float32)
-  adv_B = baseline_advantages(reward_B, cfg.baseline, cfg.samples_per_prompt)
-  return dict(
-      pg=policy_gradient_term(logp_BT, adv_B, mask_BT, cfg.normalization),
-      kl_loss=kl_loss,
-      kl=jax.lax.stop_gradient(masked_mean(kl_BT, mask_BT, "token")),
-      kl_seq=jnp.mean(kl_sum_B),
-      total_reward=jnp.mean(reward_B),
-      adv=jnp.mean(adv_B),
-      adv_abs=jnp.mean(jnp.abs(adv_B)),
-      tokens=jnp.mean(jnp.sum(mask_f_BT, axis=1)))
-
-
-def _assemble(t1: dict, t2: dict | None, logp_BT, ref_logp_BT, episode: Episode,
-              cfg: LossConfig, shaped_t2_B) -> tuple[jax.Array, dict]:
-  """Total loss and the metrics dict (same keys for every stage).
-
-  Per turn i: pg_loss_ti, kl_loss_ti (the weighted KL term, 0 in reward mode), kl_ti (mean
-  per-token estimate), kl_seq_ti (mean per-row sum), total_reward_ti (mean reward fed to the
-  baseline, after any KL fold), adv_ti / adv_abs_ti (mean and mean |.| advantage), tokens_ti
-  (mean masked tokens per row). Also shaped_reward_t2 (mean turn-2 task reward the stage
-  uses: r2 in Stage I, r2 + alpha (r2 - r1) in Stage II, 0 single-turn). The raw rewards and
-  deltas of the rollouts are the trainer's (`Trainer.rollout_stats`), not the loss's.
-  """
-  if t2 is None:   # single-turn: turn 2 is only monitored (no gradient)
-    t2 = _turn(jax.lax.stop_gradient(logp_BT), ref_logp_BT, episode.turn2_mask_BT,
-               jnp.zeros_like(episode.r2_B, jnp.float32), 0.0, cfg)
-    t2["pg"] = t2["kl_loss"] = jnp.zeros((), jnp.float32)
-    t2["total_reward"] = t2["adv"] = t2["adv_abs"] = jnp.zeros((), jnp.float32)
-  loss = t1["pg"] + t1["kl_loss"] + t2["pg"] + t2["kl_loss"]
-  metrics = {"loss": loss, "shaped_reward_t2": jnp.mean(shaped_t2_B)}
-  for turn, parts in (("t1", t1), ("t2", t2)):
-    metrics[f"pg_loss_{turn}"] = parts["pg"]
-    for key in ("kl_loss", "kl", "kl_seq", "total_reward", "adv", "adv_abs", "tokens"):
-      metrics[f"{key}_{turn}"] = parts[key]
-  metrics = {name: jax.lax.stop_gradient(value) for name, value in metrics.items()}
-  return loss, metrics
-
-
-def stage1_loss(logp_BT, ref_logp_BT, episode: Episode,
-                cfg: LossConfig) -> tuple[jax.Array, dict]:
-  """SCoRe Stage I (Eq. 3): reward only y2, anchor y1 to the reference with beta2.
-
-  kl_mode="loss" (m_i = turn-i mask, A2 = baseline(r2), KL_i = masked_mean(k, m_i)):
-    L = -masked_mean(A2 logp, m2) + beta1 KL_2 + beta2 KL_1
-    grad L = -masked_mean(A2 grad logp, m2) + beta1 grad KL_2 + beta2 grad KL_1
-  so the y1 tokens get gradient only (and always, for beta2 > 0) from beta2 KL_1.
-  kl_mode="reward": R1 = -beta2 sg(sum_t k m1), R2 = r2 - beta1 sg(sum_t k m2),
-    L = -masked_mean(A1 logp, m1) - masked_mean(A2 logp, m2), A_i = baseline(R_i),
-    grad L = -masked_mean(A1 grad logp, m1) - masked_mean(A2 grad logp, m2).
-  Returns (loss, metrics).
-  """
-  _check(logp_BT, ref_logp_BT, episode, cfg)
-  r2_B = jax.lax.stop_gradient(episode.r2_B).astype(jnp.float32)
-  t1 = _turn(logp_BT, ref_logp_BT, episode.turn1_mask_BT, jnp.zeros_like(r2_B),
-             cfg.beta2, cfg)
-  t2 = _turn(logp_BT, ref_logp_BT, episode.turn2_mask_BT, r2_B, cfg.beta1, cfg)
-  return _assemble(t1, t2, logp_BT, ref_logp_BT, episode, cfg, r2_B)
-
-
-def stage2_loss(logp_BT, ref_logp_BT, episode: Episode,
-                cfg: LossConfig) -> tuple[jax.Array, dict]:
-  """SCoRe Stage II (Eq. 4): per-turn rewards (discount 0) with the shaping bonus.
-
-  R1 = r1, R2 = r2 + alpha (r2 - r1); with kl_mode="loss", A_i = baseline(R_i):
-    L = -masked_mean(A1 logp, m1) - masked_mean(A2 logp, m2) + beta1 (KL_1 + KL_2)
-    grad L = -masked_mean(A1 grad logp, m1) - masked_mean(A2 grad logp, m2)
-             + beta1 (grad KL_1 + grad KL_2)
-  so the y1 tokens see only r1 and the y2 tokens only the shaped R2 (never the total).
-  kl_mode="reward": R_i -= beta1 sg(sum_t k m_i) and the KL terms leave the loss.
-  Returns (loss, metrics).
-  """
-  _check(logp_BT, ref_logp_BT, episode, cfg)
-  r1_B, shaped_B = shaped_turn_rewards(episode.r1_B, episode.r2_B, cfg.alpha)
-  t1 = _turn(logp_BT, ref_logp_BT, episode.turn1_mask_BT, r1_B, cfg.beta1, cfg)
-  t2 = _turn(logp_BT, ref_logp_BT, episode.turn2_mask_BT, shaped_B, cfg.beta1, cfg)
-  return _assemble(t1, t2, logp_BT, ref_logp_BT, episode, cfg, shaped_B)
-
-
-def single_turn_loss(logp_BT, ref_logp_BT, episode: Episode,
-                     cfg: LossConfig) -> tuple[jax.Array, dict]:
-  """Single-turn RL baseline (Eq. 2 on attempt 1); turn-2 tokens get no gradient.
-
-  kl_mode="loss": L = -masked_mean(A1 logp, m1) + beta1 KL_1 with A1 = baseline(r1),
-    grad L = -masked_mean(A1 grad logp, m1) + beta1 grad KL_1.
-  kl_mode="reward": R1 = r1 - beta1 sg(sum_t k m1), L = -masked_mean(A1 logp, m1).
-  Turn-2 metrics (kl_t2, reward_t2) are reported for monitoring only.
-  Returns (loss, metrics).
-  """
-  _check(logp_BT, ref_logp_BT, episode, cfg)
-  r1_B = jax.lax.stop_gradient(episode.r1_B).astype(jnp.float32)
-  t1 = _turn(logp_BT, ref_logp_BT, episode.turn1_mask_BT, r1_B, cfg.beta1, cfg)
-  return _assemble(t1, None, logp_BT, ref_logp_BT, episode, cfg, jnp.zeros_like(r1_B))
-
-
-def score_loss(logp_BT, ref_logp_BT, episode: Episode,
-               cfg: LossConfig) -> tuple[jax.Array, dict]:
-  """Dispatches on `cfg.stage` to stage1_loss / stage2_loss / single_turn_loss."""
-  if not isinstance(cfg, LossConfig):
-    raise ValueError(f"score_loss: cfg must be a LossConfig, got {type(cfg).__name__}")
-  fn = {"stage1": stage1_loss, "stage2": stage2_loss,
-        "single_turn": single_turn_loss}[cfg.stage]
-  return fn(logp_BT, ref_logp_BT, episode, cfg)

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 STAGES = ("sft", "stage1", "stage2", "single_turn", "star", "pair_sft")
 SUPERVISED_STAGES = ("sft", "star", "pair_sft")
+RL_STAGES = tuple(s for s in STAGES if s not in SUPERVISED_STAGES)   # on-policy, with a loss
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KL_MODES = ("loss", "reward")
 BASELINES = ("none", "batch_mean", "loo")
@@ -102,13 +103,27 @@ def validate(config: Mapping[str, Any]) -> None:
   if rl["stage2_reference"] not in ("base", "stage1"):
     errors.append(f"config.rl.stage2_reference={rl['stage2_reference']!r} not in "
                   f"('base', 'stage1')")
+  if "shaping_baseline" in rl and not isinstance(rl["shaping_baseline"], bool):
+    errors.append(f"config.rl.shaping_baseline={rl['shaping_baseline']!r} must be True/False")
+  rollout = config["rollout"]
+  rl_stages = [n for n in names if n in RL_STAGES and int(config["plan"][f"{n}_steps"]) > 0]
+  off_policy = [f"{field}={rollout[field]}" for field, on_policy in
+                (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0))
+                if float(rollout[field]) != on_policy]
+  if rl_stages and off_policy:
+    errors.append(
+        f"config.rollout {', '.join(off_policy)} samples from another distribution than the "
+        f"temperature-1 log-probs the RL losses use: stages {rl_stages} would train "
+        "off-policy. Set --config.rollout.temperature=1.0 --config.rollout.top_k=0 "
+        "--config.rollout.top_p=1.0 (the paper's setting); evaluation temperature is "
+        "separate")
   if not 0.0 <= float(config["rollout"]["offline_fraction"]) < 1.0:
     errors.append("config.rollout.offline_fraction must be in [0, 1)")
   if int(config["train"]["batch_size"]) < 1 or int(config["train"]["micro_batches"]) < 1:
     errors.append("config.train.batch_size and config.train.micro_batches must be >= 1")
   elif (int(config["train"]["batch_size"]) * k) % int(config["train"]["micro_batches"]):
     errors.append("config.train.batch_size * samples_per_prompt must be divisible by "
-                  "config.train.micro_batches")
+                  "config.train.micro_batches (micro-batches hold equal numbers of rows)")
   for dotted in config.get("required_fields", ()):
     node = config
     try:

@@ -47,10 +47,15 @@ class RolloutResult:
 
 
 class TwoTurnSampler:
-  """Turns problems into Episodes with a tokenizer, a chat format and the sampler."""
+  """Turns problems into Episodes with a tokenizer, a chat format and the sampler.
+
+  The turn-2 instruction is the task's (`task.turn2_instruction`) unless `instruction`
+  gives another one (e.g. Self-Refine's; see `with_instruction`).
+  """
 
   def __init__(self, graphdef: Any, tokenizer: Any, chat: Any, task: base.Task,
-               lengths: Lengths, model_vocab: int | None = None):
+               lengths: Lengths, model_vocab: int | None = None,
+               instruction: str | None = None):
     self.graphdef, self.tokenizer, self.chat, self.task = graphdef, tokenizer, chat, task
     self.model_vocab = model_vocab or tokenizer.vocab_size
     self.head_ids = tokenizer.encode(chat.system_prefix + chat.user_prefix, add_bos=chat.add_bos)
@@ -58,10 +63,22 @@ class TwoTurnSampler:
     self.eot_id = chat_lib.end_of_turn_id(chat, tokenizer)
     self.stop_ids = tuple(sorted({self.eot_id, int(tokenizer.eos_id)}))
     self.pad_id = int(tokenizer.pad_id)
-    self.second_turn_ids = chat_lib.second_turn_ids(chat, tokenizer, task.turn2_instruction)
+    self.instruction = task.turn2_instruction if instruction is None else instruction
+    self.second_turn_ids = chat_lib.second_turn_ids(chat, tokenizer, self.instruction)
     if len(self.second_turn_ids) + 1 > lengths.extra:
-      raise ValueError(f"the turn-2 context needs {len(self.second_turn_ids) + 1} tokens but "
-                       f"config.rollout.max_instruction_len is {lengths.extra}")
+      needed = len(self.second_turn_ids) + 1
+      raise ValueError(f"the turn-2 context (end_of_turn + chat turn + instruction "
+                       f"{self.instruction[:40]!r}...) needs {needed} tokens but "
+                       f"config.rollout.max_instruction_len is {lengths.extra}; pass "
+                       f"--config.rollout.max_instruction_len={needed}")
+
+  def with_instruction(self, instruction: str) -> "TwoTurnSampler":
+    """This sampler with another turn-2 instruction; `lengths.extra` (the extra-chunk
+    budget, config.rollout.max_instruction_len) grows to fit it, never shrinks."""
+    needed = len(chat_lib.second_turn_ids(self.chat, self.tokenizer, instruction)) + 1
+    lengths = dataclasses.replace(self.lengths, extra=max(self.lengths.extra, needed))
+    return TwoTurnSampler(self.graphdef, self.tokenizer, self.chat, self.task, lengths,
+                          model_vocab=self.model_vocab, instruction=instruction)
 
   def encode_prompts(self, problems: Sequence[base.Problem]) -> tuple[np.ndarray, np.ndarray, int]:
     ids = [chat_lib.first_turn_ids(self.chat, self.tokenizer, p.prompt) for p in problems]

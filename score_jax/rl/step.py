@@ -1,13 +1,14 @@
 """The jitted update steps (RL stages and supervised warm-up) and the optimiser.
 
 Pure functions of (params, opt_state, ref_params, episode): the host loop in `train.py` owns
-every side effect. The batch is the rollout's `Episode` (`score_jax.rl.episode`) as it is. One step = forward the policy (with gradient) and the frozen reference
-(without) over whole two-turn episodes, `losses.score_loss`, gradient accumulation over
-micro-batches with `lax.scan`, global-norm clipping and the optax update. A step whose loss
-or gradient is not finite leaves params and optimiser state unchanged and reports
-`skipped = 1`.
+every side effect. The batch is the rollout's `Episode` (`score_jax.rl.episode`) as it is.
+One RL step = score the episodes under the frozen reference (without gradient), weight
+every token over the whole batch (`score_jax.rl.objectives`), forward + backward the policy
+micro-batch by micro-batch with `lax.scan` and SUM the micro-batches' shares (so
+`micro_batches` changes memory and nothing else), clip by global norm, apply the optax
+update. A step whose loss or gradient is not finite leaves params and optimiser state
+unchanged and reports `skipped = 1`.
 """
-
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
@@ -20,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax.model import transformer as model_lib
 from score_jax.rl import losses
+from score_jax.rl import objectives
 from score_jax.rl.episode import Episode
 
 
@@ -127,12 +129,12 @@ class _Step:
     return self._jitted.lower(params, opt_state, ref_params, episode)
 
 
-def _split_micro(episode: Episode, micro_batches: int) -> Episode:
-  return jax.tree.map(lambda x: x.reshape((micro_batches, -1) + x.shape[1:]), episode)
+def _split_micro(tree: Any, micro_batches: int) -> Any:
+  return jax.tree.map(lambda x: x.reshape((micro_batches, -1) + x.shape[1:]), tree)
 
 
-def _token_mean(x_BT, mask_BT):
-  return losses.masked_mean(x_BT, mask_BT, "token")
+def _unsplit(tree: Any) -> Any:
+  return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
 
 
 def _apply(optimizer, params, opt_state, grads, loss):
@@ -148,43 +150,60 @@ def _apply(optimizer, params, opt_state, grads, loss):
   return params, opt_state, grad_norm, 1.0 - finite.astype(jnp.float32)
 
 
-def _accumulate(loss_fn: Callable, params, episode: Episode, micro_batches: int,
-                prepare: Callable[[Any, Episode], Any] | None = None, aux: Any = None):
-  """Mean loss, grads and metrics over micro-batches (lax.scan keeps one in memory).
+def _accumulate(loss_fn: Callable, params, batch: Any, micro_batches: int):
+  """SUMMED loss, grads and metrics of `loss_fn(params, mb)` over micro-batches of `batch`.
 
-  `loss_fn(params, mb, extra)` is the loss of micro-batch `mb` (an Episode), with
-  `extra = prepare(aux, mb)`: non-differentiated inputs computed per micro-batch outside
-  the gradient, e.g. the frozen reference's log-probs with `aux` = its params. Each
-  micro-batch's loss is its own: token means and a batch-mean baseline are taken within
-  it (leave-one-out groups must be whole: `rows / micro_batches` a multiple of k), so the
-  mean over micro-batches equals the one-batch loss exactly for leave-one-out baselines
-  when the micro-batches hold equal numbers of trained tokens, and is the usual
-  accumulation approximation otherwise. `aux` rides in the scan's carry rather than in a
-  closure: an NNX model merged inside the scan from closed-over arrays fails under
-  `nnx.remat` ("Cannot mutate Param from a different trace level").
+  `lax.scan` keeps one micro-batch in memory. `loss_fn` must return its rows' share of a
+  loss normalised over the whole batch (weights computed before the scan, see
+  score_jax.rl.objectives), so the sum IS the whole batch's loss: micro-batching changes
+  memory, not the math.
   """
-  if prepare is None:
-    prepare = lambda _, mb: None  # noqa: E731
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if micro_batches == 1:
-    (loss, metrics), grads = grad_fn(params, episode, prepare(aux, episode))
+    (loss, metrics), grads = grad_fn(params, batch)
     return loss, grads, metrics
-  micro = _split_micro(episode, micro_batches)
+  micro = _split_micro(batch, micro_batches)
   first = jax.tree.map(lambda x: x[0], micro)
-  (_, metrics_shape), _ = jax.eval_shape(lambda p, a, mb: grad_fn(p, mb, prepare(a, mb)),
-                                         params, aux, first)
+  (_, metrics_shape), _ = jax.eval_shape(grad_fn, params, first)
   zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params),
            jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape))
 
   def body(carry, mb):
-    (loss, metrics), grads = grad_fn(params, mb, prepare(carry[3], mb))
-    acc = (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads),
-           jax.tree.map(jnp.add, carry[2], metrics), carry[3])
-    return acc, None
+    (loss, metrics), grads = grad_fn(params, mb)
+    return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads),
+            jax.tree.map(jnp.add, carry[2], metrics)), None
 
-  (loss, grads, metrics, _), _ = jax.lax.scan(body, zeros + (aux,), micro)
-  scale = lambda x: x / micro_batches  # noqa: E731
-  return scale(loss), jax.tree.map(scale, grads), jax.tree.map(scale, metrics)
+  (loss, grads, metrics), _ = jax.lax.scan(body, zeros, micro)
+  return loss, grads, metrics
+
+
+def _logprobs(graphdef, params_list: tuple[Any, ...], episode: Episode,
+              micro_batches: int) -> tuple[jax.Array, ...]:
+  """Gradient-free per-token log-probs [B, T] of `episode` under each params, computed one
+  micro-batch at a time (their [b, T, V] logits never exist for the whole batch).
+
+  The params ride in the scan's carry rather than in a closure: an NNX model merged inside
+  the scan from closed-over arrays fails under `nnx.remat` ("Cannot mutate Param from a
+  different trace level").
+  """
+  def score(params_list, mb):
+    out = []
+    for params in params_list:
+      logits_BTV, _ = model_lib.forward(graphdef, params, mb.tokens_BT, mb.valid_BT)
+      out.append(jax.lax.stop_gradient(losses.token_logprobs(logits_BTV, mb.tokens_BT)))
+    return tuple(out)
+
+  if micro_batches == 1:
+    return score(params_list, episode)
+  _, logp = jax.lax.scan(lambda carry, mb: (carry, score(carry, mb)), params_list,
+                         _split_micro(episode, micro_batches))
+  return _unsplit(logp)
+
+
+def _token_weight(mask_BT: jax.Array) -> jax.Array:
+  """m / max(1, sum m) over the whole batch: sum(w * x) is the token mean of x."""
+  mask_BT = mask_BT.astype(jnp.float32)
+  return mask_BT / jnp.maximum(jnp.sum(mask_BT), 1.0)
 
 
 def make_rl_step(graphdef: Any, optimizer: optax.GradientTransformation,
@@ -192,34 +211,42 @@ def make_rl_step(graphdef: Any, optimizer: optax.GradientTransformation,
                  shardings: tuple[Any, Any] | None = None) -> Callable:
   """Jitted `step(params, opt_state, ref_params, episode) -> (params, opt_state, metrics)`.
 
-  `episode` is the rollout's Episode (arrays with a leading batch dimension).
-  `shardings` = (params, opt_state) layouts the step returns (see `StepShardings`).
+  `episode` is the rollout's Episode (arrays with a leading batch dimension); `shardings`
+  = the (params, opt_state) layouts the step returns (`step_shardings`). The step:
+    1. scores the episode under the frozen reference (and, with kl_mode="reward", under the
+       policy, without gradient: the per-row KL sums enter the rewards), micro-batch by
+       micro-batch;
+    2. computes the stage's per-token weights over the WHOLE batch (`objectives`);
+    3. sums each micro-batch's share of the loss and its gradient; clips and applies.
   """
 
-  def loss_fn(params, mb: Episode, ref_logp_BT):
-    logits_BTV, _ = model_lib.forward(graphdef, params, mb.tokens_BT, mb.valid_BT)
-    logp_BT = losses.token_logprobs(logits_BTV, mb.tokens_BT)
-    loss, metrics = losses.score_loss(logp_BT, ref_logp_BT, mb, loss_cfg)
-    trained_BT = mb.turn1_mask_BT | mb.turn2_mask_BT
+  def loss_fn(params, mb):
+    episode, weights, ref_logp_BT, monitor_BT = mb
+    logits_BTV, _ = model_lib.forward(graphdef, params, episode.tokens_BT, episode.valid_BT)
+    logp_BT = losses.token_logprobs(logits_BTV, episode.tokens_BT)
+    loss, metrics = objectives.weighted_loss(logp_BT, ref_logp_BT, weights,
+                                             loss_cfg.kl_estimator)
     entropy_BT = jax.lax.stop_gradient(losses.token_entropy(logits_BTV))
     metrics = dict(metrics)
-    metrics["entropy_t1"] = _token_mean(entropy_BT, mb.turn1_mask_BT)
-    metrics["entropy_t2"] = _token_mean(entropy_BT, mb.turn2_mask_BT)
-    metrics["sampler_logp_gap"] = _token_mean(
-        jnp.abs(jax.lax.stop_gradient(logp_BT) - mb.sampler_logprobs_BT), trained_BT)
+    metrics["entropy_t1"] = jnp.sum(weights.t1.token_BT * entropy_BT)
+    metrics["entropy_t2"] = jnp.sum(weights.t2.token_BT * entropy_BT)
+    metrics["sampler_logp_gap"] = jnp.sum(
+        monitor_BT * jnp.abs(jax.lax.stop_gradient(logp_BT) - episode.sampler_logprobs_BT))
     return loss, metrics
 
-  def ref_logprobs(ref_params, mb: Episode):
-    # The frozen reference scores each micro-batch inside the accumulation loop, so its
-    # [b, T, V] logits never exist for the whole batch at once.
-    ref_logits_BTV, _ = model_lib.forward(graphdef, ref_params, mb.tokens_BT, mb.valid_BT)
-    return jax.lax.stop_gradient(losses.token_logprobs(ref_logits_BTV, mb.tokens_BT))
-
   def step(params, opt_state, ref_params, episode):
-    loss, grads, metrics = _accumulate(loss_fn, params, episode, micro_batches, ref_logprobs,
-                                       ref_params)
+    if loss_cfg.kl_mode == "reward":
+      ref_logp_BT, logp_BT = _logprobs(graphdef, (ref_params, params), episode, micro_batches)
+      sums = objectives.kl_sums(logp_BT, ref_logp_BT, episode, loss_cfg.kl_estimator)
+    else:
+      (ref_logp_BT,), sums = _logprobs(graphdef, (ref_params,), episode, micro_batches), None
+    weights, row_metrics = objectives.token_weights(episode, loss_cfg, sums)
+    monitor_BT = _token_weight(episode.turn1_mask_BT | episode.turn2_mask_BT)
+    loss, grads, metrics = _accumulate(loss_fn, params,
+                                       (episode, weights, ref_logp_BT, monitor_BT),
+                                       micro_batches)
     params, opt_state, grad_norm, skipped = _apply(optimizer, params, opt_state, grads, loss)
-    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)
+    metrics = dict(metrics, **row_metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)
     return params, opt_state, metrics
 
   return _Step(step, shardings)
@@ -231,20 +258,23 @@ def make_sft_step(graphdef: Any, optimizer: optax.GradientTransformation,
   """Jitted supervised step: mean negative log-likelihood of the y1 and y2 tokens.
 
     L(theta) = - sum_{b,t} m_bt log pi_theta(tok_bt | tok_b,<t) / sum_{b,t} m_bt,
-    m = turn1_mask | turn2_mask.
+    m = turn1_mask | turn2_mask, normalised over the whole batch (exact under
+    micro-batching, like the RL step).
   """
 
-  def loss_fn(params, mb: Episode, extra):
-    del extra
-    logits_BTV, _ = model_lib.forward(graphdef, params, mb.tokens_BT, mb.valid_BT)
-    logp_BT = losses.token_logprobs(logits_BTV, mb.tokens_BT)
-    loss = -_token_mean(logp_BT, mb.turn1_mask_BT | mb.turn2_mask_BT)
-    return loss, {"nll_t1": -_token_mean(logp_BT, mb.turn1_mask_BT),
-                  "nll_t2": -_token_mean(logp_BT, mb.turn2_mask_BT)}
+  def loss_fn(params, mb):
+    episode, w_BT, w1_BT, w2_BT = mb
+    logits_BTV, _ = model_lib.forward(graphdef, params, episode.tokens_BT, episode.valid_BT)
+    logp_BT = losses.token_logprobs(logits_BTV, episode.tokens_BT)
+    loss = -jnp.sum(w_BT * logp_BT)
+    return loss, {"nll_t1": -jnp.sum(w1_BT * jax.lax.stop_gradient(logp_BT)),
+                  "nll_t2": -jnp.sum(w2_BT * jax.lax.stop_gradient(logp_BT))}
 
   def step(params, opt_state, ref_params, episode):
     del ref_params
-    loss, grads, metrics = _accumulate(loss_fn, params, episode, micro_batches)
+    weights = (_token_weight(episode.turn1_mask_BT | episode.turn2_mask_BT),
+               _token_weight(episode.turn1_mask_BT), _token_weight(episode.turn2_mask_BT))
+    loss, grads, metrics = _accumulate(loss_fn, params, (episode,) + weights, micro_batches)
     params, opt_state, grad_norm, skipped = _apply(optimizer, params, opt_state, grads, loss)
     return params, opt_state, dict(metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)
 

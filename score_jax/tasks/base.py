@@ -6,8 +6,7 @@ prompts for a model family is done by `score_jax.text.chat`, not by tasks.
 
 Optional capabilities are declared here and raise `MissingCapability` (naming the task, what
 needs the capability and what to do instead) unless a task provides them:
-`demonstration` (the sft stage's warm-up data), `correct_answer` (Pair-SFT's gold second
-attempts) and `alphabet` (the character tokenizer). Every task is built the same way, by
+`demonstration` (the sft stage's warm-up data) and `alphabet` (the character tokenizer). Every task is built the same way, by
 `Task.from_config(task_cfg)` on the config's `task` section (`score_jax.tasks.registry`).
 """
 
@@ -78,12 +77,6 @@ class Task(abc.ABC):
     raise MissingCapability(
         f"task {self.name!r} has no demonstrations, which the sft stage needs: start from a "
         "pretrained model (config.init.checkpoint) and drop sft from config.plan.stages")
-
-  def correct_answer(self, problem: Problem) -> str:
-    """A correct response to `problem` (Pair-SFT's second attempts)."""
-    raise MissingCapability(
-        f"task {self.name!r} has no correct_answer(problem), which pair_sft needs: choose "
-        "another method, or a task that has one")
 
   def alphabet(self) -> str:
     """Every character its texts use (the character tokenizer's alphabet)."""

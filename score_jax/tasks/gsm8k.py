@@ -1,6 +1,8 @@
 """GSM8K (Cobbe et al. 2021): grade-school word problems with integer answers.
 
-Splits (files under `data_dir`): "train" gsm8k/train.jsonl (7,473), "test" gsm8k/test.jsonl
+Splits (files under `data_dir`): "train" gsm8k/train.jsonl minus "validation" (6,973),
+"validation" 500 problems held out of gsm8k/train.jsonl (the rule of `math.task.AnswerTask`:
+seeded, fixed; uids keep their train-file row, `gsm8k/train/<row>`), "test" gsm8k/test.jsonl
 (1,319). Records are {"question", "answer"}; the gold answer is the text after the last
 "####" of "answer" with thousands commas stripped; the reasoning before it is kept in
 `Problem.meta["solution"]`.
@@ -44,6 +46,7 @@ class GSM8KTask(AnswerTask):
   name = "gsm8k"
   files = {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"}
   required_fields = ("question", "answer")
+  text_field = "question"
 
   def _problem(self, split: str, index: int, rec: dict, where: str) -> base.Problem:
     gold = gold_answer(str(rec["answer"]))

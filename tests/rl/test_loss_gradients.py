@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from score_jax.rl import losses
+from score_jax.rl import objectives
 from score_jax.rl.losses import LossConfig
 from tests.episodes import loss_episode
 
@@ -43,7 +44,7 @@ def _grad_theta(cfg, inputs=INPUTS, theta=THETA):
   """d loss / d theta_BTV for the tiny per-position categorical policy."""
   def loss_fn(theta_BTV):
     logp_BT = losses.token_logprobs(theta_BTV, TOKENS)
-    return losses.score_loss(logp_BT, REF_LOGP, inputs, cfg)[0]
+    return objectives.score_loss(logp_BT, REF_LOGP, inputs, cfg)[0]
   grad_BTV = jax.grad(loss_fn)(theta)
   # theta[:, T-1] scores no token: it can never receive gradient.
   np.testing.assert_array_equal(grad_BTV[:, -1], 0.0)
@@ -60,7 +61,7 @@ def _per_token(grad_BTV):
 def _grad_logp(cfg, inputs=INPUTS, logp=None, ref=REF_LOGP):
   """d loss / d logp_BT (and d loss / d ref_logp_BT) at the policy's log-probs."""
   logp = losses.token_logprobs(THETA, TOKENS) if logp is None else logp
-  fn = lambda lp, ref: losses.score_loss(lp, ref, inputs, cfg)[0]
+  fn = lambda lp, ref: objectives.score_loss(lp, ref, inputs, cfg)[0]
   g_logp, g_ref = jax.grad(fn, argnums=(0, 1))(logp, ref)
   return np.asarray(g_logp), np.asarray(g_ref)
 
@@ -155,7 +156,7 @@ def test_reference_and_rewards_get_no_gradient(mode, stage):
   cfg = BASE.replace(stage=stage, kl_mode=mode)
   logp = losses.token_logprobs(THETA, TOKENS)
   def fn(ref, r1, r2):
-    return losses.score_loss(logp, ref, INPUTS._replace(r1_B=r1, r2_B=r2), cfg)[0]
+    return objectives.score_loss(logp, ref, INPUTS._replace(r1_B=r1, r2_B=r2), cfg)[0]
   grads = jax.grad(fn, argnums=(0, 1, 2))(REF_LOGP, INPUTS.r1_B, INPUTS.r2_B)
   for g in grads:
     np.testing.assert_array_equal(g, 0.0)
@@ -179,7 +180,7 @@ def test_turn2_advantage_is_shaped_reward_all_four_cases():
   np.testing.assert_allclose(-g_logp[:, 7] * 8, [0.0, 11.0, -10.0, 1.0], rtol=1e-6)
   # Turn-1 tokens see r1 alone (n1 = 8 too), never the total return r1 + R2.
   np.testing.assert_allclose(-g_logp[:, 2] * 8, [0.0, 0.0, 1.0, 1.0], rtol=1e-6)
-  _, m = losses.score_loss(logp, logp, inputs, cfg)
+  _, m = objectives.score_loss(logp, logp, inputs, cfg)
   np.testing.assert_allclose(m["shaped_reward_t2"], (0 + 11 - 10 + 1) / 4, rtol=1e-6)
   np.testing.assert_allclose(m["adv_t2"], 0.5, rtol=1e-6)
 

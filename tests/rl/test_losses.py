@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from score_jax.rl import losses
+from score_jax.rl import objectives
 from score_jax.rl.losses import LossConfig
 from tests.episodes import loss_episode
 
@@ -173,7 +174,7 @@ CFG = LossConfig(alpha=10.0, beta1=0.5, beta2=2.0, kl_estimator="k1", kl_mode="l
 
 def _loss(stage, **changes):
   cfg = CFG.replace(stage=stage, **changes)
-  return losses.score_loss(LOGP, REF, INPUTS, cfg)
+  return objectives.score_loss(LOGP, REF, INPUTS, cfg)
 
 
 def test_stage2_loss_hand_value_k1_token():
@@ -276,8 +277,8 @@ def test_single_turn_loss_hand_value():
 def test_score_loss_dispatches_and_jits():
   for stage in losses.STAGES:
     cfg = CFG.replace(stage=stage)
-    eager_loss, eager_m = losses.score_loss(LOGP, REF, INPUTS, cfg)
-    jit_loss, jit_m = jax.jit(losses.score_loss, static_argnames="cfg")(
+    eager_loss, eager_m = objectives.score_loss(LOGP, REF, INPUTS, cfg)
+    jit_loss, jit_m = jax.jit(objectives.score_loss, static_argnames="cfg")(
         LOGP, REF, INPUTS, cfg=cfg)
     np.testing.assert_allclose(jit_loss, eager_loss, **TOL)
     assert set(jit_m) == set(eager_m)
@@ -318,10 +319,10 @@ def test_loo_default_needs_k():
 def test_bad_batch_or_shapes_raise():
   cfg = CFG.replace(samples_per_prompt=3, baseline="batch_mean")
   with pytest.raises(ValueError, match="not divisible by LossConfig.samples_per_prompt"):
-    losses.score_loss(LOGP, REF, INPUTS, cfg)
+    objectives.score_loss(LOGP, REF, INPUTS, cfg)
   with pytest.raises(ValueError, match="turn2_mask_BT"):
-    losses.score_loss(LOGP, REF, INPUTS._replace(turn2_mask_BT=jnp.zeros((2, 4), bool)), CFG)
+    objectives.score_loss(LOGP, REF, INPUTS._replace(turn2_mask_BT=jnp.zeros((2, 4), bool)), CFG)
   with pytest.raises(ValueError, match="r1_B"):
-    losses.score_loss(LOGP, REF, INPUTS._replace(r1_B=jnp.zeros(3)), CFG)
+    objectives.score_loss(LOGP, REF, INPUTS._replace(r1_B=jnp.zeros(3)), CFG)
   with pytest.raises(ValueError, match="ref_logp_BT"):
-    losses.score_loss(LOGP, REF[:, :4], INPUTS, CFG)
+    objectives.score_loss(LOGP, REF[:, :4], INPUTS, CFG)

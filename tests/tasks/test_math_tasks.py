@@ -24,14 +24,17 @@ def gsm8k_task(shared_data):
   task.close()
 
 
-@pytest.mark.parametrize("split,count", [("train", 12_000), ("test", 500), ("test_full", 5_000)])
+# train + validation = the paper's 12,000 training problems (validation: 500 held out of them).
+@pytest.mark.parametrize("split,count", [("train", 11_500), ("validation", 500), ("test", 500),
+                                         ("test_full", 5_000)])
 def test_math_counts(math_task, split, count):
   problems = math_task.load(split)
   assert len(problems) == count
   assert len({p.uid for p in problems}) == count
 
 
-@pytest.mark.parametrize("split,count", [("train", 7_473), ("test", 1_319)])
+# train + validation = the file's 7,473 (validation: 500 held out of them).
+@pytest.mark.parametrize("split,count", [("train", 6_973), ("validation", 500), ("test", 1_319)])
 def test_gsm8k_counts(gsm8k_task, split, count):
   assert len(gsm8k_task.load(split)) == count
 
@@ -46,7 +49,8 @@ def test_math_prompt_layout(math_task):
       "$(r,\\theta),$ where $r > 0$ and $0 \\le \\theta < 2 \\pi.$\n\nSolution:")
   assert problem.meta["subject"] == "Precalculus" and problem.meta["level"] == 2
   assert math_task.turn2_instruction == prompts.MATH_TURN2_INSTRUCTION
-  assert math_task.name == "math" and math_task.splits == ("train", "test", "test_full")
+  assert math_task.name == "math"
+  assert math_task.splits == ("train", "validation", "test", "test_full")
 
 
 def test_paper_prompts_verbatim():
@@ -137,15 +141,18 @@ def test_gsm8k_gold_answer_strips_thousands():
 
 
 def test_gsm8k_reference_solutions_train(gsm8k_task):
-  problems = gsm8k_task.load("train")
+  problems = gsm8k_task.load("train") + gsm8k_task.load("validation")
   with open(gsm8k_task.data_dir / "gsm8k" / "train.jsonl", encoding="utf-8") as f:
     answers = [json.loads(line)["answer"] for line in f]   # the raw reference solutions
-  assert sum(gsm8k_task.rewards(problems, answers)) == 7_473
+  # uids keep the train-file row: gsm8k/train/<row>.
+  rows = [int(p.uid.rsplit("/", 1)[1]) for p in problems]
+  assert sorted(rows) == list(range(7_473))
+  assert sum(gsm8k_task.rewards(problems, [answers[i] for i in rows])) == 7_473
 
 
 def test_unknown_split(math_task):
-  with pytest.raises(ValueError, match="no split 'validation'"):
-    math_task.load("validation")
+  with pytest.raises(ValueError, match="no split 'dev'"):
+    math_task.load("dev")
 
 
 # ------------------------------------------------------------------- bad files
@@ -195,7 +202,7 @@ def test_source_serves_extra_split(tmp_path, shared_data):
   _write(tmp_path / "dev.jsonl", ['{"problem": "What is $1+1$?", "answer": "2"}'])
   task = MathTask(shared_data, source=sources.FileSource(tmp_path / "dev.jsonl", "dev"))
   try:
-    assert task.splits == ("train", "test", "test_full", "dev")
+    assert task.splits == ("train", "validation", "test", "test_full", "dev")
     (problem,) = task.load("dev")
     assert problem.uid == "math/dev/0" and problem.answer == "2"
     assert task.reward(problem, "$\\boxed{2}$") == 1.0

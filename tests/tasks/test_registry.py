@@ -1,5 +1,5 @@
 """Every task is built the same way (`Task.from_config`), and the optional capabilities
-(demonstration, correct_answer, alphabet) are declared on the base class with errors that
+(demonstration, alphabet) are declared on the base class with errors that
 say which task lacks what, and what to do instead."""
 
 import numpy as np
@@ -21,7 +21,6 @@ def test_registry_builds_every_synthetic_task_from_its_config():
   problem = sorting.load("test")[0]
   # error_rate 0 and no blind spot: the demonstration is the correct answer.
   assert sorting.demonstration(problem, np.random.default_rng(0)) == problem.answer
-  assert sorting.correct_answer(problem) == problem.answer
   assert set(problem.prompt) <= set(sorting.alphabet())
   toy = registry.make_task(dict(TASK_CFG, name="toy"))
   assert toy.name == "toy" and "A" in toy.alphabet()
@@ -48,7 +47,6 @@ class _Bare(base.Task):
 
 @pytest.mark.parametrize("call,needs", [
     (lambda t: t.demonstration(t.load("test")[0], np.random.default_rng(0)), "the sft stage"),
-    (lambda t: t.correct_answer(t.load("test")[0]), "pair_sft"),
     (lambda t: t.alphabet(), "config.tokenizer.kind='char'"),
 ])
 def test_missing_capabilities_say_which_task_lacks_what(call, needs):

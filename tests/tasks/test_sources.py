@@ -154,7 +154,7 @@ def test_tfds_source_feeds_a_task(tfds_dir, shared_data):
     assert "Problem:\nWhat is 1 + 1?" in problems[1].prompt
     assert task.rewards(problems, ["#### 0", "The final answer is $3$. I hope it is correct."]
                         ) == [1.0, 0.0]
-    assert len(task.load("train")) == 7_473          # other splits still come from the files
+    assert len(task.load("train")) == 6_973          # other splits still come from the files
   finally:
     task.close()
 

@@ -1,13 +1,21 @@
 """The MATH task (Hendrycks et al.): the SCoRe paper's training split and MATH500.
 
 Splits (files under `data_dir`, the layout of `shared/data`):
-  "train"     math/prm800k_style_train12k.reconstructed.jsonl  12,000 problems (MATH minus
-              MATH500: the paper's training set)
-  "test"      math500/test.jsonl                                500 problems (MATH500)
-  "test_full" math/test.jsonl                                   5,000 problems; the gold
-              answer is extracted from the reference solution (its last \\boxed{})
+  "train"      math/prm800k_style_train12k.reconstructed.jsonl  11,500 problems: the paper's
+               12,000 training problems (MATH minus MATH500) minus "validation"
+  "validation" the same file's 500 held-out problems (checkpoint selection; see below)
+  "test"       math500/test.jsonl                                500 problems (MATH500)
+  "test_full"  math/test.jsonl                                   5,000 problems; the gold
+               answer is extracted from the reference solution (its last \\boxed{})
 Two records of the 12k split (train/number_theory/7115 and 7117) have an empty gold answer
 (`\\boxed{}` upstream): no response is graded correct on them.
+
+Validation (`AnswerTask`, also GSM8K's): the records at `held_out_indices(...)` of the train
+file: among the records whose problem text occurs once in the file, the first
+`validation_size` (500) of `numpy.random.default_rng(validation_seed=0).permutation`, in file
+order. "train" is the file without them, so the two never share a problem text. Problems keep
+the uid of their train-file record. When a `source` serves "validation" itself, "train" is
+served whole.
 
 Prompt (zero-shot; the paper's MATH turn-1 instruction, then the problem):
 
@@ -28,6 +36,8 @@ from __future__ import annotations
 
 import pathlib
 from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from score_jax.tasks import base
 from score_jax.tasks import prompts
@@ -50,6 +60,20 @@ def format_prompt(problem: str) -> str:
 SourceArg = sources.RecordSource | Mapping[str, sources.RecordSource] | None
 
 
+def held_out_indices(texts: Sequence[str], size: int, seed: int) -> list[int]:
+  """Indices (ascending) of `size` records held out of a split for validation: among the
+  records whose text occurs once, the first `size` of a seeded permutation."""
+  counts: dict[str, int] = {}
+  for t in texts:
+    counts[t] = counts.get(t, 0) + 1
+  once = np.array([i for i, t in enumerate(texts) if counts[t] == 1], np.int64)
+  if len(once) <= size:
+    raise ValueError(f"{len(texts)} records ({len(once)} with a unique text) are too few to "
+                     f"hold out {size} for validation and train on the rest")
+  order = np.random.default_rng(seed).permutation(len(once))
+  return sorted(once[order[:size]].tolist())
+
+
 class AnswerTask(base.Task):
   """A task whose responses end in one final answer graded by the math grader.
 
@@ -59,6 +83,9 @@ class AnswerTask(base.Task):
   turn2_instruction = prompts.MATH_TURN2_INSTRUCTION
   files: Mapping[str, str] = {}
   required_fields: tuple[str, ...] = ()
+  text_field = "problem"       # the record field whose text identifies a problem
+  validation_size = 500        # problems of "train" held out as "validation" (module docstring)
+  validation_seed = 0
 
   @classmethod
   def from_config(cls, task_cfg: Mapping[str, Any]) -> "AnswerTask":
@@ -76,7 +103,8 @@ class AnswerTask(base.Task):
       self.sources = dict(source)
     else:
       self.sources = {source.split: source}
-    self.splits = tuple(dict.fromkeys([*self.files, *self.sources]))
+    held_out = ("train", "validation") if "train" in self.files else ()
+    self.splits = tuple(dict.fromkeys([*held_out, *self.files, *self.sources]))
     self._pool: math_grading.GraderPool | None = None
 
   # ---- data
@@ -84,18 +112,33 @@ class AnswerTask(base.Task):
   def _problem(self, split: str, index: int, rec: dict, where: str) -> base.Problem:
     raise NotImplementedError
 
-  def load(self, split: str) -> list[base.Problem]:
-    """All problems of `split` (from `source` if it serves the split, else from the file)."""
-    base.check_split(self, split)
+  def _records(self, split: str) -> list[tuple[str, dict]]:
+    """(where, record) of every record that serves `split` (its source, else its file)."""
     if split in self.sources:
       src = self.sources[split]
-      numbered = [(f"{src!r} record {i}", rec)
-                  for i, rec in enumerate(src.read(self.required_fields))]
-    else:
-      path = self.data_dir / self.files[split]
-      numbered = [(f"{path}:{line}", rec)
-                  for line, rec in sources.read_numbered_records(path, self.required_fields)]
-    return [self._problem(split, i, rec, where) for i, (where, rec) in enumerate(numbered)]
+      return [(f"{src!r} record {i}", rec)
+              for i, rec in enumerate(src.read(self.required_fields))]
+    path = self.data_dir / self.files[split]
+    return [(f"{path}:{line}", rec)
+            for line, rec in sources.read_numbered_records(path, self.required_fields)]
+
+  def load(self, split: str) -> list[base.Problem]:
+    """All problems of `split` (from `source` if it serves the split, else from the file);
+    "train" / "validation" split the train records when no source serves "validation"."""
+    base.check_split(self, split)
+    if split not in ("train", "validation") or "validation" in self.sources:
+      numbered = self._records(split)
+      return [self._problem(split, i, rec, where) for i, (where, rec) in enumerate(numbered)]
+    numbered = self._records("train")
+    try:
+      held = set(held_out_indices([str(rec.get(self.text_field, "")).strip()
+                                   for _, rec in numbered],
+                                  self.validation_size, self.validation_seed))
+    except ValueError as e:
+      raise ValueError(f"task {self.name!r}, split 'train': {e}; serve a 'validation' split "
+                       f"too (source={{'validation': ...}}), then 'train' is not cut") from None
+    return [self._problem("train", i, rec, where) for i, (where, rec) in enumerate(numbered)
+            if (i in held) == (split == "validation")]
 
   # ---- grading
 
@@ -136,7 +179,8 @@ class AnswerTask(base.Task):
 
 
 class MathTask(AnswerTask):
-  """MATH: train (12k split), test (MATH500), test_full (5,000). See the module docstring.
+  """MATH: train (12k split minus validation), validation (500 of the 12k split), test
+  (MATH500), test_full (5,000). See the module docstring.
 
   Args:
     data_dir: folder laid out like shared/data (math/..., math500/...).
