@@ -69,10 +69,15 @@ def evaluate_params(c: build_lib.Components, params: Any, problems: Sequence[tas
   return out
 
 
+def split_problems(task: task_base.Task, split: str, limit: int) -> list[task_base.Problem]:
+  """The first `limit` problems of `split` (0: all of them)."""
+  problems = task.load(split)
+  return problems[:limit] if int(limit) > 0 else problems
+
+
 def eval_problems(c: build_lib.Components) -> list[task_base.Problem]:
-  problems = c.task.load(c.config.task.eval_split)
-  limit = int(c.config.task.eval_limit)
-  return problems[:limit] if limit > 0 else problems
+  """The eval split's problems (config.task.eval_split, up to config.task.eval_limit)."""
+  return split_problems(c.task, c.config.task.eval_split, int(c.config.task.eval_limit))
 
 
 def eval_dir(config, workdir):

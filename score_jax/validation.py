@@ -75,9 +75,7 @@ def validation_problems(c: build_lib.Components) -> list[task_base.Problem]:
     raise ValueError(f"config.eval.validation_split={split!r} is also config.task."
                      f"{'train_split' if split == c.config.task.train_split else 'eval_split'}; "
                      f"validate on a held-out split such as 'validation'")
-  problems = task.load(split)
-  limit = int(ev.validation_limit)
-  return problems[:limit] if limit > 0 else problems
+  return evaluate_lib.split_problems(task, split, int(ev.validation_limit))
 
 
 class Validator:

@@ -88,23 +88,34 @@ def _check(episode: Episode, cfg: LossConfig) -> None:
         f"{cfg.samples_per_prompt}: feed whole groups of k samples per prompt")
 
 
-def turn_rewards(episode: Episode, cfg: LossConfig
-                 ) -> tuple[jax.Array, jax.Array, float, float, bool]:
-  """(R1_B, R2_B, KL weight of turn 1, KL weight of turn 2, turn 2 trained) of the stage."""
+class StageRewards(NamedTuple):
+  """What a stage rewards and anchors, per turn (rewards before any KL fold)."""
+  R1_B: jax.Array             # turn-1 reward fed to the baseline
+  R2_B: jax.Array             # turn-2 reward fed to the baseline
+  shaped_t2_B: jax.Array      # the stage's turn-2 task reward (logged as shaped_reward_t2)
+  beta_t1: float              # KL weight on the y1 tokens
+  beta_t2: float              # KL weight on the y2 tokens
+  trains_t2: bool             # whether the y2 tokens are trained at all
+
+
+def turn_rewards(episode: Episode, cfg: LossConfig) -> StageRewards:
+  """The stage's rewards and KL weights per turn (see the module docstring)."""
   r1_B = jax.lax.stop_gradient(episode.r1_B).astype(jnp.float32)
   r2_B = jax.lax.stop_gradient(episode.r2_B).astype(jnp.float32)
   if cfg.stage == "stage1":
-    return jnp.zeros_like(r1_B), r2_B, cfg.beta2, cfg.beta1, True
+    return StageRewards(jnp.zeros_like(r1_B), r2_B, r2_B, cfg.beta2, cfg.beta1, True)
   if cfg.stage == "stage2":
     _, shaped_B = losses.shaped_turn_rewards(r1_B, r2_B, cfg.alpha)
-    if cfg.shaping_baseline:
-      shaped_B = shaped_B + cfg.alpha * r1_B
-    return r1_B, shaped_B, cfg.beta1, cfg.beta1, True
-  return r1_B, jnp.zeros_like(r2_B), cfg.beta1, 0.0, False
+    # The shaping baseline adds back alpha r1 (fixed before y2): R2 = r2 + alpha r2.
+    R2_B = shaped_B + cfg.alpha * r1_B if cfg.shaping_baseline else shaped_B
+    return StageRewards(r1_B, R2_B, shaped_B, cfg.beta1, cfg.beta1, True)
+  zeros_B = jnp.zeros_like(r2_B)
+  return StageRewards(r1_B, zeros_B, zeros_B, cfg.beta1, 0.0, False)
 
 
-def _normaliser(mask_BT: jax.Array, normalization: str) -> jax.Array:
+def normaliser(mask_BT: jax.Array, normalization: str) -> jax.Array:
   """w[b,t] of the module docstring: masked_mean(x, m) == sum(w * x) over the batch."""
+  mask_BT = mask_BT.astype(jnp.float32)
   if normalization == "token":
     return mask_BT / jnp.maximum(jnp.sum(mask_BT), 1.0)
   rows = mask_BT.shape[0]
@@ -123,23 +134,21 @@ def token_weights(episode: Episode, cfg: LossConfig, kl_sums_B: tuple[jax.Array,
   _check(episode, cfg)
   if cfg.kl_mode == "reward" and kl_sums_B is None:
     raise ValueError("token_weights: kl_mode='reward' needs the per-row KL sums")
-  R1_B, R2_B, beta_t1, beta_t2, trains_t2 = turn_rewards(episode, cfg)
-  shaped_B = (R2_B - cfg.alpha * episode.r1_B.astype(jnp.float32)
-              if cfg.stage == "stage2" and cfg.shaping_baseline else R2_B)
-  turns, metrics = [], {"shaped_reward_t2": jnp.mean(shaped_B)}
+  stage = turn_rewards(episode, cfg)
+  turns, metrics = [], {"shaped_reward_t2": jnp.mean(stage.shaped_t2_B)}
   for i, (mask_BT, R_B, beta, trained) in enumerate(
-      ((episode.turn1_mask_BT, R1_B, beta_t1, True),
-       (episode.turn2_mask_BT, R2_B, beta_t2, trains_t2)), start=1):
+      ((episode.turn1_mask_BT, stage.R1_B, stage.beta_t1, True),
+       (episode.turn2_mask_BT, stage.R2_B, stage.beta_t2, stage.trains_t2)), start=1):
     mask_BT = mask_BT.astype(jnp.float32)
     if cfg.kl_mode == "reward":
       R_B = R_B - beta * jax.lax.stop_gradient(kl_sums_B[i - 1]).astype(jnp.float32)
     adv_B = losses.baseline_advantages(R_B, cfg.baseline, cfg.samples_per_prompt)
-    w_BT = _normaliser(mask_BT, cfg.normalization)
+    w_BT = normaliser(mask_BT, cfg.normalization)
     on = 1.0 if trained else 0.0
     turns.append(TurnWeights(
         pg_BT=-on * adv_B[:, None] * w_BT,
         kl_BT=(on * beta * w_BT if cfg.kl_mode == "loss" else jnp.zeros_like(w_BT)),
-        token_BT=_normaliser(mask_BT, "token"),
+        token_BT=normaliser(mask_BT, "token"),
         row_BT=mask_BT / mask_BT.shape[0]))
     metrics[f"total_reward_t{i}"] = on * jnp.mean(R_B)
     metrics[f"adv_t{i}"] = on * jnp.mean(adv_B)

@@ -200,12 +200,6 @@ def _logprobs(graphdef, params_list: tuple[Any, ...], episode: Episode,
   return _unsplit(logp)
 
 
-def _token_weight(mask_BT: jax.Array) -> jax.Array:
-  """m / max(1, sum m) over the whole batch: sum(w * x) is the token mean of x."""
-  mask_BT = mask_BT.astype(jnp.float32)
-  return mask_BT / jnp.maximum(jnp.sum(mask_BT), 1.0)
-
-
 def make_rl_step(graphdef: Any, optimizer: optax.GradientTransformation,
                  loss_cfg: losses.LossConfig, micro_batches: int = 1,
                  shardings: tuple[Any, Any] | None = None) -> Callable:
@@ -241,7 +235,7 @@ def make_rl_step(graphdef: Any, optimizer: optax.GradientTransformation,
     else:
       (ref_logp_BT,), sums = _logprobs(graphdef, (ref_params,), episode, micro_batches), None
     weights, row_metrics = objectives.token_weights(episode, loss_cfg, sums)
-    monitor_BT = _token_weight(episode.turn1_mask_BT | episode.turn2_mask_BT)
+    monitor_BT = objectives.normaliser(episode.turn1_mask_BT | episode.turn2_mask_BT, "token")
     loss, grads, metrics = _accumulate(loss_fn, params,
                                        (episode, weights, ref_logp_BT, monitor_BT),
                                        micro_batches)
@@ -272,8 +266,9 @@ def make_sft_step(graphdef: Any, optimizer: optax.GradientTransformation,
 
   def step(params, opt_state, ref_params, episode):
     del ref_params
-    weights = (_token_weight(episode.turn1_mask_BT | episode.turn2_mask_BT),
-               _token_weight(episode.turn1_mask_BT), _token_weight(episode.turn2_mask_BT))
+    weights = tuple(objectives.normaliser(mask_BT, "token") for mask_BT in (
+        episode.turn1_mask_BT | episode.turn2_mask_BT, episode.turn1_mask_BT,
+        episode.turn2_mask_BT))
     loss, grads, metrics = _accumulate(loss_fn, params, (episode,) + weights, micro_batches)
     params, opt_state, grad_norm, skipped = _apply(optimizer, params, opt_state, grads, loss)
     return params, opt_state, dict(metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)

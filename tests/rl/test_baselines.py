@@ -255,3 +255,15 @@ def test_pair_sft_keeps_nothing_when_no_first_attempt_is_wrong_or_nothing_is_rig
     out, stats = baselines.pair_sft_episode(two_turn, result, rows)
     assert stats == {"problems_solved_fraction": solved, "kept_fraction": 0.0}
     assert not out.turn1_mask_BT.any() and not out.turn2_mask_BT.any()
+
+
+def test_an_answer_beyond_the_turn_budget_earns_no_reward():
+  """Attack: put the right final answer after the tokens the episode keeps. The second
+  row's y1 is "so s" + <eot> (the 5-token budget), so grading must see "so s", not
+  "so so 4": before, the whole text was graded and the row counted as right although its
+  laid-out attempt is wrong."""
+  two_turn = _pair_two_turn()
+  ep = rollout_lib.demonstration_episode(two_turn, [Q0, Q0], ["so 4", "so so 4"], ["4", "4"])
+  assert two_turn.tokenizer.decode(ep.tokens_BT[1, PL:PL + PT1], skip_special=True) == "so s"
+  np.testing.assert_array_equal(ep.r1_B, [1.0, 0.0])    # "so 4" fits; "so so 4" is cut
+  np.testing.assert_array_equal(ep.r2_B, [1.0, 1.0])
