@@ -118,12 +118,11 @@ def make_batch(shape: Shape, seed: int = 0) -> Any:
   t1[:, T // 4:T // 2] = True
   t2 = np.zeros((B, T), bool)
   t2[:, 5 * T // 8:] = True
-  from score_jax.rl.episode import Episode  # pylint: disable=import-outside-toplevel
-  return Episode(tokens_BT=rng.integers(0, shape.vocab, (B, T)).astype(np.int32),
-                 valid_BT=np.ones((B, T), bool), turn1_mask_BT=t1, turn2_mask_BT=t2,
-                 r1_B=rng.integers(0, 2, B).astype(np.float32),
-                 r2_B=rng.integers(0, 2, B).astype(np.float32),
-                 sampler_logprobs_BT=np.zeros((B, T), np.float32))
+  from score_jax.rl.episode import from_masks  # pylint: disable=import-outside-toplevel
+  return from_masks(rng.integers(0, shape.vocab, (B, T)).astype(np.int32),
+                    np.ones((B, T), bool), [t1, t2],
+                    [rng.integers(0, 2, B).astype(np.float32),
+                     rng.integers(0, 2, B).astype(np.float32)])
 
 
 def step_memory(compiled) -> dict[str, int]:

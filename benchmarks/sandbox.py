@@ -5,7 +5,8 @@
 For each pool size, runs (1) a trivial program (`pass`) `--trivial` times, which measures
 the sandbox's own cost (bubblewrap + Python start-up + driver), and (2) every MBPP
 reference solution with its tests (`run_tests`, as the reward does). Prints programs/s,
-CPU milliseconds per program (all processes of the sandboxes, from RUSAGE_CHILDREN) and
+CPU milliseconds per program (all processes of the sandboxes and, for MBPP, of the pool's
+verifier processes, from RUSAGE_CHILDREN once the pool is closed) and
 the capacity that CPU cost allows on 2 idle cores; the load average is printed because on
 a shared machine the wall-clock figures depend on it. The last line is one JSON object.
 """
@@ -31,10 +32,16 @@ def _children_cpu() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
-def _measure(pool: sandbox.SandboxPool, programs, tests=None, setups=None, **limits) -> dict:
+def _measure(pool: sandbox.SandboxPool, programs, tests=None, setups=None, names=None,
+             close=False, **limits) -> dict:
+  """With `close`, closes the pool before reading the CPU time, so that the verifier
+  processes (which live as long as the pool) are reaped and counted."""
   cpu0, t0 = _children_cpu(), time.perf_counter()
-  results = pool.map(programs, tests, setups, **limits)
-  wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
+  results = pool.map(programs, tests, setups, names, **limits)
+  wall = time.perf_counter() - t0
+  if close:
+    pool.close()
+  cpu = _children_cpu() - cpu0
   n = len(programs)
   slowest = sorted(r.elapsed_s for r in results)[-3:]
   return {"programs": n, "passed": sum(r.passed for r in results), "wall_s": round(wall, 2),
@@ -61,6 +68,7 @@ def main() -> None:
   programs = [task.program(p, p.meta["reference"]) for p in problems]
   tests = [p.answer["tests"] for p in problems]
   setups = [p.answer["setup"] for p in problems]
+  names = [p.answer["names"] for p in problems]
   print(f"cpus: {os.cpu_count()}  load average before: {os.getloadavg()}")
   report = {"cpus": os.cpu_count(), "load_avg_1m_before": round(os.getloadavg()[0], 2),
             "runs": []}
@@ -68,7 +76,7 @@ def main() -> None:
     with sandbox.SandboxPool(workers, timeout_s=args.timeout_s) as pool:
       pool.map(["pass"] * workers)                                # warm-up
       trivial = _measure(pool, ["pass"] * args.trivial)
-      mbpp = _measure(pool, programs, tests, setups)
+      mbpp = _measure(pool, programs, tests, setups, names, close=True)
     print(f"workers={workers}  trivial `pass`: {trivial['programs_per_s']}/s, "
           f"{trivial['cpu_ms_per_program']} ms CPU each")
     print(f"workers={workers}  MBPP references: {mbpp['passed']}/{mbpp['programs']} passed, "

@@ -78,7 +78,7 @@ def main(argv: list[str]) -> dict:
     result = two_turn.rollout(params, params, batch, method=method,
                               rng=jax.random.key(args.seed * 100_000 + i))
     episode = result.episode
-    only_t2 = episode._replace(turn1_mask_BT=np.zeros_like(episode.turn1_mask_BT))
+    only_t2 = episode.without_attempt(1)
     for flag, step in steps.items():
       for table, ep in ((grads, episode), (turn2, only_t2)):
         # The step donates its params and state: give it copies (the reference is `params`).

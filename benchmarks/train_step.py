@@ -50,8 +50,8 @@ def parse_args(argv=None):
 def make_batch(w: common.Workload, seed: int) -> Any:
   """A two-turn batch (numpy): row = [prompt | y1 | instruction | y2] in quarters/eighths.
 
-  turn1_mask covers y1 = [T/4, T/2), turn2_mask covers y2 = [5T/8, T); for sft the
-  mask is every position but the first (every predicted token, as `labels=ids`).
+  attempt 1 covers y1 = [T/4, T/2), attempt 2 covers y2 = [5T/8, T); for sft attempt 1
+  is every position but the first (every predicted token, as `labels=ids`).
   """
   import numpy as np  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(seed)
@@ -61,11 +61,10 @@ def make_batch(w: common.Workload, seed: int) -> Any:
   t1[:, T // 4:T // 2] = True
   t2 = np.zeros((B, T), bool)
   t2[:, 5 * T // 8:] = True
-  from score_jax.rl.episode import Episode  # pylint: disable=import-outside-toplevel
-  return Episode(tokens_BT=tokens, valid_BT=np.ones((B, T), bool), turn1_mask_BT=t1,
-                 turn2_mask_BT=t2, r1_B=rng.integers(0, 2, B).astype(np.float32),
-                 r2_B=rng.integers(0, 2, B).astype(np.float32),
-                 sampler_logprobs_BT=np.zeros((B, T), np.float32))
+  from score_jax.rl.episode import from_masks  # pylint: disable=import-outside-toplevel
+  return from_masks(tokens, np.ones((B, T), bool), [t1, t2],
+                    [rng.integers(0, 2, B).astype(np.float32),
+                     rng.integers(0, 2, B).astype(np.float32)])
 
 
 def ours_step(lm, batch_np: Any, kind: str,
@@ -89,8 +88,7 @@ def ours_step(lm, batch_np: Any, kind: str,
     step = ts.make_sft_step(graphdef, opt)
     every_predicted_BT = np.ones_like(batch.valid_BT)
     every_predicted_BT[:, 0] = False
-    batch = batch._replace(turn1_mask_BT=every_predicted_BT,
-                           turn2_mask_BT=np.zeros_like(batch.valid_BT))
+    batch = batch._replace(attempt_BT=every_predicted_BT.astype(np.int32))   # all attempt 1
     ref = None
   else:
     cfg = losses.LossConfig(stage="stage2", baseline="batch_mean", kl_estimator="k3",
@@ -140,10 +138,10 @@ def theirs_step(hf, batch_np: Any, kind: str, device: str) -> tuple[Any, dict]:
     with torch.no_grad():
       ref_logp = token_logp(ref(input_ids=ids).logits, ids)
     logp = token_logp(logits, ids)
-    r1, r2 = t["r1_B"], t["r2_B"]
+    r1, r2 = t["rewards_BA"][:, 0], t["rewards_BA"][:, 1]
     r2 = r2 + 10.0 * (r2 - r1)                               # Stage II shaping, alpha 10
     loss = 0.0
-    for mask, r in ((t["turn1_mask_BT"], r1), (t["turn2_mask_BT"], r2)):
+    for mask, r in ((t["attempt_BT"] == 1, r1), (t["attempt_BT"] == 2, r2)):
       m = mask.float()
       adv = (r - r.mean())[:, None]
       d = ref_logp - logp

@@ -83,6 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
       eval_limit=0,                  # evaluate on the first N problems (0 = all)
       workers=2,                     # grader / sandbox worker processes
       timeout_s=10.0,                # per-item grading / execution wall-clock limit
+      sandbox_cgroups=True,          # code tasks: a cgroup per sandbox slot (memory and
+                                     # process limits per run); False: per process only
       # Synthetic tasks only (toy, sorting):
       min_len=5,                     # shortest word
       max_len=8,                     # longest word
@@ -90,12 +92,16 @@ def get_config() -> ml_collections.ConfigDict:
       blind_spot_rate=0.0,           # sorting: rate of the solver's systematic mistake
   ))
 
-  # Two-turn rollouts.
+  # Rollouts: attempt 1, then num_attempts - 1 corrections, each after the instruction.
   c.rollout = ml_collections.ConfigDict(dict(
+      num_attempts=2,                # A >= 2 attempts per episode, in training, validation and
+                                     # eval (paper: 2; more is our extension, see
+                                     # score_jax.rl.objectives)
       max_prompt_len=64,             # turn-1 prompts are left-truncated to this many tokens
       max_turn1_tokens=16,           # max new tokens for y1
-      max_turn2_tokens=16,           # max new tokens for y2
-      max_instruction_len=64,        # max tokens of the appended turn-2 context
+      max_turn2_tokens=16,           # max new tokens for y2 (and each later attempt)
+      max_instruction_len=64,        # max tokens of the context appended before each
+                                     # later attempt (end_of_turn + instruction turn)
       temperature=1.0,               # training sampling temperature (paper: 1.0)
       top_k=0,                       # 0 = off
       top_p=1.0,                     # 1.0 = off
@@ -154,6 +160,8 @@ def get_config() -> ml_collections.ConfigDict:
       batch_size=8,                  # prompts per step (x samples_per_prompt episodes)
       sft_batch_size=32,             # sequences per sft step
       micro_batches=1,               # gradient accumulation over this many micro-batches
+      logit_chunk=0,                 # project to the vocabulary this many positions at a
+                                     # time (0: all at once); memory only, same math
       log_every=1,                   # write train metrics every N steps
       max_nan_steps=3,               # stop after this many non-finite losses in a row
       tensorboard=True,              # also write TensorBoard scalars

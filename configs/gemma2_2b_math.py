@@ -73,7 +73,8 @@ def get_config():
                 single_turn_steps=0, interleave=0)
   c.optim.update(name="adam", lr=5e-6, warmup_steps=0, schedule="constant", b1=0.9,
                  b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=1.0)
-  c.train.update(batch_size=PROBLEMS_PER_STEP, micro_batches=16, log_every=1,
+  # Gemma's 256k vocabulary: project 256 positions at a time (scoring.sequence_stats).
+  c.train.update(batch_size=PROBLEMS_PER_STEP, micro_batches=16, logit_chunk=256, log_every=1,
                  max_nan_steps=3, tensorboard=True)
   c.checkpoint.update(every=100, keep=3, keep_best=True, async_save=True)
   c.eval.update(batch_size=100, max_turn1_tokens=1024, max_turn2_tokens=1024, poll_s=60.0,

@@ -16,6 +16,7 @@ import ml_collections
 from score_jax import checkpoint as checkpoint_lib
 from score_jax import config_lib
 from score_jax import mesh as mesh_lib
+from score_jax.data import layout as data_layout
 from score_jax.model import config as model_config_lib
 from score_jax.model import transformer as model_lib
 from score_jax.rl import rollout as rollout_lib
@@ -36,12 +37,15 @@ class Components:
   graphdef: Any
   base_params: Any                 # the initial weights (random or from init.checkpoint)
 
-  def two_turn(self, turn1: int, turn2: int) -> rollout_lib.TwoTurnSampler:
+  def two_turn(self, turn1: int, turn2: int) -> rollout_lib.MultiTurnSampler:
+    """The run's sampler of config.rollout.num_attempts attempts (y1 up to `turn1` new
+    tokens, every later attempt up to `turn2`)."""
     r = self.config.rollout
     lengths = rollout_lib.Lengths(prompt=r.max_prompt_len, turn1=turn1,
-                                  extra=r.max_instruction_len, turn2=turn2)
-    return rollout_lib.TwoTurnSampler(self.graphdef, self.tokenizer, self.chat, self.task,
-                                      lengths, model_vocab=self.model_config.vocab_size)
+                                  extra=r.max_instruction_len, turn2=turn2,
+                                  attempts=int(r.get("num_attempts", 2)))
+    return rollout_lib.MultiTurnSampler(self.graphdef, self.tokenizer, self.chat, self.task,
+                                        lengths, model_vocab=self.model_config.vocab_size)
 
 
 def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
@@ -60,10 +64,18 @@ def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 
 
 def build(config: ml_collections.ConfigDict, *, with_params: bool = True) -> Components:
-  """All components of a run; `with_params=False` skips creating weights (abstract only)."""
-  mesh = build_mesh(config)
+  """All components of a run; `with_params=False` skips creating weights (abstract only).
+
+  Checks first that the task's data files exist (`data.layout.check_task_data`), so a
+  missing `task.data_dir` fails before any weights load, naming the `prepare` command.
+  """
   task_cfg = config_lib.to_plain(config.task)
   task_cfg["data_dir"] = resolve_data_dir(config)
+  splits = [config.task.train_split, config.task.eval_split]
+  if config.eval.validation_every:
+    splits.append(config.eval.validation_split)
+  data_layout.check_task_data(config.task.name, task_cfg["data_dir"], splits)
+  mesh = build_mesh(config)
   task = registry.make_task(task_cfg)
   if config.init.checkpoint:
     from score_jax.hub import lm as lm_lib  # pylint: disable=import-outside-toplevel

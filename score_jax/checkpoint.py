@@ -6,6 +6,14 @@ pytrees restored straight into the current mesh's shardings (from an abstract tr
 Orbax writes each step to a temporary directory and renames it when complete, so a reader
 that lists steps (the eval loop) never sees a half-written checkpoint.
 
+Integrity: each step also holds `digest`, per-array digests of params and opt_state
+(`score_jax.digest`) written inside the step before Orbax commits it; every restore checks
+them in the saved dtype before the arrays are used. A step that does not match, or cannot be
+read (a garbage or half-copied directory), raises `CorruptCheckpointError` naming its path;
+`restore_first_good` falls back to the next candidate (the previous step), reporting each one
+skipped. Steps written before digests existed restore with a warning. A failed save (async
+saves report at the next save or wait) raises `CheckpointSaveError`: end the process then.
+
 Retention: the last `keep` steps plus the best validated step. A step saved with `metrics`
 (the trainer's greedy validation, `score_jax.validation`: every `metrics.KEYS` value and `n`)
 ranks by `best_metric` (higher is better; "-key" ranks lower as better); steps saved
@@ -17,18 +25,23 @@ when no step was validated), "latest", or a step number.
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
+import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
+from score_jax import digest as digest_lib
 from score_jax import metrics as metrics_lib
 
 CHOICES = ("best", "latest")     # and step numbers: which checkpoint `select_step` picks
+CorruptCheckpointError = digest_lib.CorruptCheckpointError
 
 
 class _QuietMissingMetrics(logging.Filter):
@@ -39,6 +52,15 @@ class _QuietMissingMetrics(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_QuietMissingMetrics())
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written. Orbax's background threads may never finish after
+  this, so the process must end with `os._exit` (see `score_jax.main`)."""
+
+
+def _warn(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
 
 
 def check_best_metric(best_metric: str) -> str:
@@ -109,7 +131,22 @@ class Checkpointer:
     )
     if read_only and not self.directory.exists():
       self.directory.mkdir(parents=True, exist_ok=True)
+    elif not read_only:
+      self._check_writable()
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def _check_writable(self) -> None:
+    """Fails now, not at the first save, when a local directory cannot be written."""
+    if "://" in str(self.directory):
+      return
+    probe = pathlib.Path(self.directory) / f".write-probe-{os.getpid()}-{jax.process_index()}"
+    try:
+      probe.parent.mkdir(parents=True, exist_ok=True)
+      probe.write_bytes(b"")
+      probe.unlink()
+    except OSError as e:
+      raise CheckpointSaveError(f"checkpoint directory {self.directory} is not writable: "
+                                f"{type(e).__name__}: {e.strerror or e}") from e
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -126,46 +163,136 @@ class Checkpointer:
     found = self._manager.metrics(step)
     return dict(found) if found is not None else None
 
+  def _failed(self, what: str, e: Exception) -> CheckpointSaveError:
+    return CheckpointSaveError(f"{what} to {self.directory} failed: {type(e).__name__}: "
+                               f"{(str(e).splitlines() or [''])[0]}")
+
   def save(self, step: int, params: Any, opt_state: Any | None, meta: dict[str, Any], *,
            metrics: dict[str, float] | None = None, force: bool = False) -> bool:
     """Saves (asynchronously unless disabled) if the policy says so or `force`. `metrics`
-    (validation results) rank the step for retention and `select_step`."""
-    metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-    items = dict(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta))
-    if opt_state is not None:
-      items["opt_state"] = ocp.args.StandardSave(opt_state)
-    return self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
-                              force=force)
+    (validation results) rank the step for retention and `select_step`. Raises
+    CheckpointSaveError when this save, or an earlier asynchronous one, failed."""
+    try:
+      if not self._manager.is_saving_in_progress():   # a failed background save: now, at
+        self._manager.wait_until_finished()           # the next step, not the next save
+      if not force and not self._manager.should_save(step):
+        return False
+      metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+      records = {"format": digest_lib.FORMAT, "params": digest_lib.record(params)}
+      items = dict(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta))
+      if opt_state is not None:
+        items["opt_state"] = ocp.args.StandardSave(opt_state)
+        records["opt_state"] = digest_lib.record(opt_state)
+      items["digest"] = ocp.args.JsonSave(records)
+      return self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
+                                force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failed(f"saving checkpoint step {step}", e) from e
+
+  def _digests(self, step: int) -> dict[str, Any] | None:
+    """The step's digest records; None for a step written before digests existed."""
+    path = self.directory / str(step)
+    if not (path / "digest").exists() and (path / "params").exists():
+      _warn(f"warning: checkpoint step {step} at {path} has no digest (written before "
+            f"digests existed): restored unverified")
+      return None
+    records = self._manager.restore(step, args=ocp.args.Composite(
+        digest=ocp.args.JsonRestore()))["digest"]
+    if not isinstance(records, dict) or records.get("format") != digest_lib.FORMAT:
+      raise CorruptCheckpointError(f"checkpoint step {step} at {path}: unreadable digest "
+                                   f"record {str(records)[:80]!r}")
+    return records
 
   def restore(self, step: int, params_like: Any, opt_state_like: Any | None = None
               ) -> tuple[Any, Any | None, dict[str, Any]]:
-    """Restores step into the shardings of `params_like` / `opt_state_like` (arrays or abstract)."""
-    items = dict(params=ocp.args.StandardRestore(abstract_tree(params_like)),
-                 meta=ocp.args.JsonRestore())
-    if opt_state_like is not None:
-      items["opt_state"] = ocp.args.StandardRestore(abstract_tree(opt_state_like))
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    opt_state = restored["opt_state"] if opt_state_like is not None else None
-    return restored["params"], opt_state, dict(restored["meta"])
+    """Restores step into the shardings (and dtypes) of `params_like` / `opt_state_like`
+    (arrays or abstract), checking every array against its saved digest; raises
+    CorruptCheckpointError naming the step's path when it cannot be read or differs."""
+    path = self.directory / str(step)
+    try:
+      records = self._digests(step)
+      likes = {"params": params_like}
+      if opt_state_like is not None:
+        likes["opt_state"] = opt_state_like
+      items: dict[str, Any] = dict(meta=ocp.args.JsonRestore())
+      for name, like in likes.items():
+        if records is not None and name not in records:
+          raise CorruptCheckpointError(f"checkpoint step {step} at {path}: no {name} digest")
+        target = abstract_tree(like)
+        items[name] = ocp.args.StandardRestore(
+            target if records is None else digest_lib.restore_target(target, records[name]))
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except CorruptCheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(f"checkpoint step {step} at {path} cannot be read: "
+                                   f"{type(e).__name__}: {str(e)[:300]}") from e
+    out = {}
+    for name, like in likes.items():
+      tree = restored[name]
+      if records is not None:
+        digest_lib.verify(tree, records[name], f"checkpoint step {step} at {path} ({name})")
+      out[name] = jax.tree.map(lambda x, t: x if x.dtype == t.dtype else x.astype(t.dtype),
+                               tree, abstract_tree(like))
+    return out["params"], out.get("opt_state"), dict(restored["meta"])
+
+  def restore_first_good(self, steps: Sequence[int], params_like: Any,
+                         opt_state_like: Any | None = None
+                         ) -> tuple[Any, Any | None, dict[str, Any], int, list[int]]:
+    """(params, opt_state, meta, step, skipped) of the first of `steps` (in the order given)
+    that restores and matches its digests, reporting each one skipped on stderr; raises
+    CorruptCheckpointError with every step's cause when none of them is good."""
+    causes, skipped = [], []
+    for step in steps:
+      try:
+        params, opt_state, meta = self.restore(step, params_like, opt_state_like)
+      except CorruptCheckpointError as e:
+        _warn(f"skipping {e}")
+        causes.append(str(e))
+        skipped.append(step)
+        continue
+      if skipped:
+        _warn(f"using checkpoint step {step} in {self.directory} instead (skipped steps "
+              f"{', '.join(map(str, skipped))})")
+      return params, opt_state, meta, step, skipped
+    if not causes:
+      raise FileNotFoundError(f"no finished checkpoint in {self.directory}")
+    raise CorruptCheckpointError(f"no good checkpoint in {self.directory}: "
+                                 + " | ".join(causes))
+
+  def quarantine(self, steps: Sequence[int]) -> None:
+    """Renames bad steps to `<step>.corrupt-<time>` (kept for inspection, no longer listed)
+    so the trainer can save those steps again; every process calls it, process 0 renames."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for step in steps if jax.process_index() == 0 else ():
+      if (path := self.directory / str(step)).exists():
+        path.rename(self.directory / f"{step}.corrupt-{stamp}")
+        _warn(f"moved the bad checkpoint step {step} to {path}.corrupt-{stamp}")
+    if steps and jax.process_count() > 1:
+      multihost_utils.sync_global_devices("score_jax.checkpoint.quarantine")
+    self._manager.reload()
 
   def restore_meta(self, step: int) -> dict[str, Any]:
     restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored["meta"])
 
   def wait(self) -> None:
-    """Blocks until pending async saves are on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until pending async saves are on disk; CheckpointSaveError if one failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failed("saving a checkpoint", e) from e
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
 
 
-def select_step(directory: str | pathlib.Path, which: str | int = "best",
-                best_metric: str = "acc_t2") -> tuple[int, str]:
-  """(step, why) of the checkpoint to evaluate: "best" (the validated step ranked first by
-  `best_metric`, the later one on ties; the latest step when none was validated), "latest",
-  or a step number. Raises FileNotFoundError / ValueError naming the directory."""
+def candidates(directory: str | pathlib.Path, which: str | int = "best",
+               best_metric: str = "acc_t2") -> list[tuple[int, str]]:
+  """(step, why) of the checkpoints to try for `which`, in order: `select_step`'s choice,
+  then its fallbacks should it be corrupt ("latest": the earlier steps; "best": the other
+  validated steps by rank, then the rest latest first; a step number: none)."""
   choice = parse_choice(which)
   reader = Checkpointer(directory, read_only=True, keep_best=False)
   steps = sorted(reader.all_steps())
@@ -176,21 +303,34 @@ def select_step(directory: str | pathlib.Path, which: str | int = "best",
     if choice not in steps:
       raise ValueError(f"--checkpoint={choice}: no finished step {choice} in "
                        f"{reader.directory} (steps on disk: {listed})")
-    return choice, f"step {choice} as asked (steps on disk: {listed})"
+    return [(choice, f"step {choice} as asked (steps on disk: {listed})")]
   validated = {s: m for s in steps if (m := reader.metrics(s)) is not None
                and metric_value(m, best_metric) > float("-inf")}
   if choice == "latest" or not validated:
     why = ("the latest" if choice == "latest" else
            f"the latest (no step on disk has a validation {check_best_metric(best_metric)}; "
            f"config.eval.validation_every > 0 validates during training)")
-    return steps[-1], f"{why} (steps on disk: {listed})"
-  best = max(validated, key=lambda s: (metric_value(validated[s], best_metric), s))
-  key = check_best_metric(best_metric)
-  n = validated[best].get("n")
-  on = f" on {int(n)} validation problems" if n is not None else ""
-  name = f"(lowest) {key}" if str(best_metric).startswith("-") else key
-  return best, (f"best {name} {validated[best][key]:.4g}{on} (validated steps on disk: "
-                f"{', '.join(map(str, sorted(validated)))})")
+    order, why = steps[::-1], f"{why} (steps on disk: {listed})"
+  else:
+    ranked = sorted(validated, key=lambda s: (metric_value(validated[s], best_metric), s),
+                    reverse=True)
+    best, key = ranked[0], check_best_metric(best_metric)
+    n = validated[best].get("n")
+    on = f" on {int(n)} validation problems" if n is not None else ""
+    name = f"(lowest) {key}" if str(best_metric).startswith("-") else key
+    why = (f"best {name} {validated[best][key]:.4g}{on} (validated steps on disk: "
+           f"{', '.join(map(str, sorted(validated)))})")
+    order = ranked + [s for s in steps[::-1] if s not in validated]
+  return [(order[0], why)] + [(s, f"the next candidate for {which} (those before it are "
+                                  f"unusable)") for s in order[1:]]
+
+
+def select_step(directory: str | pathlib.Path, which: str | int = "best",
+                best_metric: str = "acc_t2") -> tuple[int, str]:
+  """(step, why) of the checkpoint to evaluate: "best" (the validated step ranked first by
+  `best_metric`, the later one on ties; the latest step when none was validated), "latest",
+  or a step number. Raises FileNotFoundError / ValueError naming the directory."""
+  return candidates(directory, which, best_metric)[0]
 
 
 def latest_step(directory: str | pathlib.Path) -> int | None:
@@ -200,15 +340,17 @@ def latest_step(directory: str | pathlib.Path) -> int | None:
 
 def restore_params(directory: str | pathlib.Path, like: Any, step: int | None = None
                    ) -> tuple[Any, dict[str, Any], int]:
-  """(params, meta, step) of `step` (default: the latest) in `like`'s shardings.
+  """(params, meta, step) of `step` (default: the latest good step: a corrupt or unreadable
+  later step is reported and skipped) in `like`'s shardings, verified against its digests.
 
-  Raises FileNotFoundError naming the directory when it holds no finished checkpoint.
+  Raises FileNotFoundError naming the directory when it holds no finished checkpoint, and
+  CorruptCheckpointError when no step (or not the asked `step`) is good.
   """
   reader = Checkpointer(directory, read_only=True, keep_best=False)
-  step = reader.latest_step() if step is None else step
-  if step is None:
+  steps = sorted(reader.all_steps(), reverse=True) if step is None else [step]
+  if not steps:
     raise FileNotFoundError(f"no finished checkpoint in {reader.directory}")
-  params, _, meta = reader.restore(step, like)
+  params, _, meta, step, _ = reader.restore_first_good(steps, like)
   return params, meta, step
 
 

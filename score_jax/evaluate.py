@@ -10,7 +10,10 @@ the first responses to `W/eval/samples/<step>.jsonl`. `--once` evaluates one che
 exits: `--checkpoint best` (the default: the best step by the training run's validation,
 config.checkpoint.best_metric; the latest when no step was validated), `latest`, or a step
 number; it prints which step and why. Steps already in the metrics file are not evaluated
-again.
+again. A step that does not match its digests (or cannot be read) is reported and skipped,
+never evaluated: `--once` falls back to the previous good step. A work directory that does
+not exist is refused; a half-written last line of the metrics file (a killed writer) is
+dropped (`metrics.MetricWriter` repairs the file before appending).
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ from score_jax.tasks import base as task_base
 def evaluate_params(c: build_lib.Components, params: Any, problems: Sequence[task_base.Problem],
                     *, batch_size: int, turn1_tokens: int, turn2_tokens: int,
                     params_turn2: Any = None, instruction: str | None = None,
-                    progress: bool = True) -> dict[str, Any]:
-  """Greedy two-turn evaluation; returns metrics plus per-problem records under 'records'.
+                    progress: bool = True, num_attempts: int | None = None) -> dict[str, Any]:
+  """Greedy evaluation of A attempts (config.rollout.num_attempts, or `num_attempts`);
+  returns `metrics.graded_metrics` plus per-problem records (uid, y1..yA, r1..rA) under
+  'records'.
 
   `params_turn2` (default: `params`) lets baselines such as "base model corrects itself"
-  use different weights for the two attempts. `instruction` (default: the task's
+  use different weights for the first attempt and the later ones. `instruction` (default: the task's
   turn-2 instruction) replaces the turn-2 instruction, e.g. Self-Refine's
   (`score_jax.tasks.prompts.self_refine_instruction`); the extra-chunk budget
   (config.rollout.max_instruction_len) grows to fit it for this evaluation.
@@ -50,8 +55,11 @@ def evaluate_params(c: build_lib.Components, params: Any, problems: Sequence[tas
   two_turn = c.two_turn(turn1_tokens, turn2_tokens)
   if instruction is not None:
     two_turn = two_turn.with_instruction(instruction)
+  if num_attempts is not None:
+    two_turn = two_turn.with_attempts(num_attempts)
   params_turn2 = params if params_turn2 is None else params_turn2
-  r1, r2, y1, y2 = [], [], [], []
+  A = two_turn.num_attempts
+  rewards, texts = [[] for _ in range(A)], [[] for _ in range(A)]   # per attempt
   for i in tqdm.trange(0, len(problems), batch_size, desc="eval", disable=not progress,
                        dynamic_ncols=True):
     chunk = list(problems[i:i + batch_size])
@@ -59,13 +67,13 @@ def evaluate_params(c: build_lib.Components, params: Any, problems: Sequence[tas
     chunk += [chunk[-1]] * (batch_size - n)  # fixed shapes: one compilation
     result = two_turn.rollout(params, params_turn2, chunk, method=sampler_lib.Greedy(),
                               rng=jax.random.key(0))
-    r1 += result.episode.r1_B[:n].tolist()
-    r2 += result.episode.r2_B[:n].tolist()
-    y1 += result.y1[:n]
-    y2 += result.y2[:n]
-  out = metrics_lib.attempt_metrics(r1, r2, y1, y2, c.task.answer_key)
-  out["records"] = [{"uid": p.uid, "y1": a, "y2": b, "r1": x, "r2": z}
-                    for p, a, b, x, z in zip(problems, y1, y2, r1, r2)]
+    for t in range(A):
+      rewards[t] += result.episode.reward(t + 1)[:n].tolist()
+      texts[t] += result.texts[t][:n]
+  out = metrics_lib.graded_metrics(rewards, texts, c.task.answer_key)
+  out["records"] = [{"uid": p.uid, **{f"y{t + 1}": texts[t][i] for t in range(A)},
+                     **{f"r{t + 1}": rewards[t][i] for t in range(A)}}
+                    for i, p in enumerate(problems)]
   return out
 
 
@@ -94,19 +102,27 @@ def run(config, workdir: str | pathlib.Path, *, once: bool = False,
         checkpoint: str | int | None = None) -> list[dict[str, Any]]:
   """Evaluates checkpoints of `workdir` (see module docstring); returns the new lines.
 
-  `checkpoint` (best | latest | a step; default best) picks the step of `once`.
+  `checkpoint` (best | latest | a step; default best) picks the step of `once`. A step that
+  does not match its digests or cannot be read is reported and skipped, never evaluated:
+  `once` then evaluates the next candidate (the previous step for latest, the next best
+  for best; none for a step number), following skips it.
   """
   workdir = checkpoint_lib.as_path(workdir)
+  config_lib.check_ranges(config)
   plan_lib.validate(config)
   if checkpoint is not None and not once:
     raise ValueError(f"--checkpoint={checkpoint} picks the step of --once; without --once "
                      f"every new checkpoint is evaluated: add --once or drop --checkpoint")
+  if not workdir.is_dir():
+    raise FileNotFoundError(f"--workdir {workdir} does not exist: pass the --workdir of a "
+                            f"training run (python -m score_jax.main ... --workdir W creates "
+                            f"it), or start the training run first")
   ckpt_dir = workdir / "checkpoints"
   if once:
-    step, why = checkpoint_lib.select_step(ckpt_dir, "best" if checkpoint is None else checkpoint,
-                                           config.checkpoint.best_metric)
+    choices = checkpoint_lib.candidates(ckpt_dir, "best" if checkpoint is None else checkpoint,
+                                        config.checkpoint.best_metric)
     if jax.process_index() == 0:
-      print(f"evaluating step {step}: {why}", flush=True)
+      print(f"evaluating step {choices[0][0]}: {choices[0][1]}", flush=True)
   c = build_lib.build(config)
   problems = eval_problems(c)
   out = eval_dir(config, workdir)
@@ -117,41 +133,50 @@ def run(config, workdir: str | pathlib.Path, *, once: bool = False,
   done = {r["step"] for r in metrics_lib.read_jsonl(out / "metrics.jsonl")}
   reader = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, keep_best=False)
   if once:
-    steps: Any = [step]
-    if step in done and is_writer:
-      print(f"step {step} is already in {out / 'metrics.jsonl'}: not evaluated again",
-            flush=True)
+    steps: Any = [step for step, _ in choices]
   else:
     steps = checkpoint_lib.follow(ckpt_dir, poll_s=config.eval.poll_s,
                                   timeout_s=config.eval.timeout_s)
-  lines = []
+  lines, causes = [], []
   for step in steps:
     if step in done:
+      if once and is_writer:
+        print(f"step {step} is already in {out / 'metrics.jsonl'}: not evaluated again",
+              flush=True)
+      if once:
+        break
       continue
     reader.reload()
     try:
       params, _, meta = reader.restore(step, c.base_params)
-    except (FileNotFoundError, ValueError) as e:  # deleted by the trainer meanwhile
-      print(f"skipping step {step}: {e}", file=sys.stderr)
+    except checkpoint_lib.CorruptCheckpointError as e:  # corrupt, or deleted meanwhile
+      print(f"skipping {e}", file=sys.stderr, flush=True)
+      causes.append(str(e))
       continue
+    if once and causes and is_writer:
+      print(f"evaluating step {step} instead: {dict(choices)[step]}", flush=True)
     result = evaluate_params(c, params, problems, batch_size=config.eval.batch_size,
                              turn1_tokens=config.eval.max_turn1_tokens,
                              turn2_tokens=config.eval.max_turn2_tokens)
     records = result.pop("records")
     line = {"stage": meta.get("stage"), **result}
     lines.append({"step": step, **line})
-    if not is_writer:
-      continue
-    writer.write(step, line)
-    samples = out / "samples" / f"{step}.jsonl"
-    samples.parent.mkdir(parents=True, exist_ok=True)
-    samples.write_text("".join(json.dumps(r) + "\n" for r in records[:50]))
-    print(f"step {step} ({line['stage']}): acc_t1={line['acc_t1']:.3f} "
-          f"acc_t2={line['acc_t2']:.3f} delta={line['delta']:+.3f} "
-          f"i2c={line['delta_i2c']:.3f} c2i={line['delta_c2i']:.3f}", flush=True)
+    if is_writer:
+      writer.write(step, line)
+      samples = out / "samples" / f"{step}.jsonl"
+      samples.parent.mkdir(parents=True, exist_ok=True)
+      samples.write_text("".join(json.dumps(r) + "\n" for r in records[:50]))
+      print(f"step {step} ({line['stage']}): acc_t1={line['acc_t1']:.3f} "
+            f"acc_t2={line['acc_t2']:.3f} delta={line['delta']:+.3f} "
+            f"i2c={line['delta_i2c']:.3f} c2i={line['delta_c2i']:.3f}", flush=True)
+    if once:
+      break
   if writer is not None:
     writer.close()
   c.task.close()
+  if once and not lines and len(causes) == len(choices):
+    raise checkpoint_lib.CorruptCheckpointError(
+        f"no good checkpoint to evaluate in {ckpt_dir}: " + " | ".join(causes))
   return lines
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from score_jax import build as build_lib
 from score_jax import checkpoint as checkpoint_lib
+from score_jax import config_lib
 from score_jax import evaluate as evaluate_lib
 from score_jax import metrics as metrics_lib
 from score_jax import report
@@ -108,15 +109,18 @@ def _final_params(workdir: pathlib.Path, like: Any,
                   config: ml_collections.ConfigDict | None = None) -> Any:
   """The params to evaluate, printing which step and why: a trained method's
   config.experiment.checkpoint (best | latest | a step); without `config` (the base model)
-  the latest step, the weights the methods start from (config.init.params)."""
+  the latest step, the weights the methods start from (config.init.params). A step that
+  does not match its digests is skipped for the next candidate (checkpoint.candidates)."""
   which = "latest" if config is None else config.experiment.checkpoint
   best_metric = "acc_t2" if config is None else config.checkpoint.best_metric
-  step, why = checkpoint_lib.select_step(workdir / "checkpoints", which, best_metric)
+  choices = checkpoint_lib.candidates(workdir / "checkpoints", which, best_metric)
+  reader = checkpoint_lib.Checkpointer(workdir / "checkpoints", read_only=True, keep_best=False)
+  params, _, _, step, _ = reader.restore_first_good([s for s, _ in choices], like)
+  why = dict(choices)[step]
   if config is None:
     why += "; the base model every method starts from"
   if jax.process_index() == 0:
     print(f"{workdir}: evaluating step {step}: {why}", flush=True)
-  params, _, _ = checkpoint_lib.restore_params(workdir / "checkpoints", like, step)
   return params
 
 
@@ -127,6 +131,7 @@ def _parse_list(text: str, cast=str) -> list:
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Runs the experiment of `config.experiment` in `workdir`; returns results.json's content."""
   workdir = pathlib.Path(workdir)
+  config_lib.check_ranges(config)
   exp = config.experiment
   methods = _parse_list(exp.methods)
   unknown = [m for m in methods if m not in METHODS]
@@ -176,6 +181,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
     (workdir / "results.md").write_text(table + "\n")
     report.plot_training(workdir, methods, seeds[0], results["_meta"]["labels"])
     report.plot_results(workdir, results, methods)
+    report.plot_attempts(workdir, results, methods)
+    if metrics_lib.num_attempts(results[methods[0]]) > 2:   # accuracy by attempt
+      table += "\n\n" + report.attempts_table(results, methods)
+      (workdir / "results.md").write_text(table + "\n")
     print("\n" + table, flush=True)
   return results
 
@@ -186,7 +195,7 @@ def aggregate(per_seed: dict[str, dict[int, dict[str, Any]]], seeds: list[int]
   out: dict[str, Any] = {}
   for method, by_seed in per_seed.items():
     row: dict[str, Any] = {"n": by_seed[seeds[0]]["n"], "seeds": seeds}
-    for key in metrics_lib.KEYS:
+    for key in metrics_lib.keys(metrics_lib.num_attempts(by_seed[seeds[0]])):
       values = np.array([by_seed[s][key] for s in seeds], np.float64)
       row[key] = float(values.mean())
       if len(seeds) == 1:

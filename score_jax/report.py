@@ -5,6 +5,10 @@
 - `plot_training`: turn-1 / turn-2 training reward and answer-changed rate over steps, per
   method, with the stages shaded (`W/plots/training.png`).
 - `plot_results`: bar chart of the table (`W/plots/results.png`).
+- `attempts_table` / `plot_attempts`: accuracy by attempt for A attempts
+  (config.rollout.num_attempts): Acc@t for every t, Δ(t-1,t) with its i→c / c→i split for
+  every consecutive pair, and the rate of problems ever right (`W/plots/attempts.png`).
+- `plot_scaling`: majority-vote accuracy vs budget per method (`score_jax.scaling`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import pathlib
 from typing import Any, Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
@@ -48,9 +53,83 @@ def markdown_table(results: dict[str, Any], methods: Sequence[str]) -> str:
   rows = [f"| {labels.get(m, m)} | " + " | ".join(_pct(results[m], k) for k, _ in COLUMNS)
           + " |" for m in methods]
   se = ("standard error over seeds" if len(seeds) > 1 else "standard error over problems")
+  A = min(metrics_lib.num_attempts(results[m]) for m in methods)
+  decoding = ("greedy two-turn decoding" if A == 2 else
+              f"greedy decoding of {A} attempts, the first two shown")
   note = (f"\n\nPercent, mean ± {se}; n = {meta.get('n')} held-out problems, seeds {seeds}, "
-          f"task `{meta.get('task')}`; greedy two-turn decoding. Δ = Δ i→c − Δ c→i.")
+          f"task `{meta.get('task')}`; {decoding}. Δ = Δ i→c − Δ c→i.")
   return "\n".join([head, rule, *rows]) + note
+
+
+def attempts_columns(num_attempts: int) -> list[tuple[str, str]]:
+  """(key, label) of the accuracy-by-attempt table of A attempts."""
+  names = metrics_lib.labels(max(num_attempts, 3))
+  cols = [(f"acc_t{t}", f"Acc@t{t}") for t in range(1, num_attempts + 1)]
+  for t in range(2, num_attempts + 1):
+    k = metrics_lib.pair_keys(t)
+    cols += [(k["delta"], f"Δ(t{t - 1},t{t})"), (k["i2c"], "i→c"), (k["c2i"], "c→i")]
+  return cols + [("ever_correct", names["ever_correct"])]
+
+
+def attempts_table(results: dict[str, Any], methods: Sequence[str]) -> str:
+  """Markdown table of accuracy by attempt, one row per method (`mean ± standard error` in
+  percent); A is the fewest attempts any method's row has."""
+  meta = results.get("_meta", {})
+  labels = meta.get("labels", {})
+  A = min(metrics_lib.num_attempts(results[m]) for m in methods)
+  cols = [(k, name) for k, name in attempts_columns(A)
+          if all(k in results[m] for m in methods)]
+  head = "| Method | " + " | ".join(name for _, name in cols) + " |"
+  rule = "|---|" + "---:|" * len(cols)
+  rows = [f"| {labels.get(m, m)} | " + " | ".join(_pct(results[m], k) for k, _ in cols)
+          + " |" for m in methods]
+  note = (f"\n\nPercent, mean ± standard error; greedy decoding of {A} attempts. Each Δ(t-1,t) "
+          f"= i→c − c→i.")
+  return "\n".join([head, rule, *rows]) + note
+
+
+def plot_attempts(workdir: pathlib.Path, results: dict[str, Any], methods: Sequence[str]
+                  ) -> pathlib.Path:
+  """Accuracy at each attempt, one line per method, standard-error bars
+  (`W/plots/attempts.png`)."""
+  labels = results.get("_meta", {}).get("labels", {})
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for method in methods:
+    row = results[method]
+    t = np.arange(1, metrics_lib.num_attempts(row) + 1)
+    ax.errorbar(t, [100 * row[f"acc_t{i}"] for i in t],
+                yerr=[100 * row.get(f"acc_t{i}_se", 0.0) for i in t], marker="o", capsize=3,
+                label=labels.get(method, method))
+  ax.set_xlabel("attempt")
+  ax.set_ylabel("accuracy (% of held-out problems)")
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+  ax.legend(fontsize=7)
+  ax.set_title("Greedy accuracy by attempt (error bars: standard error)", fontsize=10)
+  return _save(fig, workdir / "plots" / "attempts.png")
+
+
+def plot_scaling(path: pathlib.Path, table: dict[str, Any]) -> pathlib.Path:
+  """Majority-vote accuracy vs samples per problem (`score_jax.scaling`), one line per
+  method (solid) with standard-error bars, and its any-correct ceiling (dotted)."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for i, (method, rows) in enumerate((m, r) for m, r in table.items() if m != "_meta"):
+    budgets = sorted(rows, key=int)
+    k = [int(b) for b in budgets]
+    color = f"C{i}"
+    ax.errorbar(k, [100 * rows[b]["acc"] for b in budgets],
+                yerr=[100 * rows[b]["acc_se"] for b in budgets], marker="o", capsize=3,
+                color=color, label=f"{method}: majority vote")
+    ax.plot(k, [100 * rows[b]["any_correct"] for b in budgets], ls=":", color=color,
+            label=f"{method}: any correct")
+  ax.set_xscale("log", base=2)
+  ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+  ax.set_xlabel("budget K (samples per problem)")
+  ax.set_ylabel("accuracy (% of held-out problems)")
+  ax.legend(fontsize=7)
+  meta = table.get("_meta", {})
+  ax.set_title(f"Inference-time scaling, temperature {meta.get('temperature', '?')} "
+               f"(error bars: standard error)", fontsize=9)
+  return _save(fig, path)
 
 
 def _stage_spans(rows: list[dict[str, Any]]) -> list[tuple[str, int, int]]:

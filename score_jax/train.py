@@ -111,21 +111,23 @@ class Trainer:
   """Owns the run's state and side effects (see module docstring)."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+    config_lib.check_ranges(config)
     plan_lib.validate(config)
     validation_lib.check_config(config)
     self.config, self.workdir = config, checkpoint_lib.as_path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
       (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    self.c = build_lib.build(config)
-    self.blocks = plan_lib.build_plan(config.plan)
-    self.total = plan_lib.total_steps(self.blocks)
-    self.optimizer = step_lib.build_optimizer(config.optim)
     ck = config.checkpoint
+    # Before any weights load: an unwritable directory fails here (CheckpointSaveError).
     self.ckpt = checkpoint_lib.Checkpointer(self.workdir / "checkpoints", every=ck.every,
                                             keep=ck.keep, keep_best=ck.keep_best,
                                             best_metric=ck.best_metric,
                                             async_save=ck.async_save)
+    self.c = build_lib.build(config)
+    self.blocks = plan_lib.build_plan(config.plan)
+    self.total = plan_lib.total_steps(self.blocks)
+    self.optimizer = step_lib.build_optimizer(config.optim)
     self.is_writer = jax.process_index() == 0
     tb = self.workdir / "tensorboard" / "train" if config.train.tensorboard else None
     self.writer = (metrics_lib.MetricWriter(self.workdir / "train" / "metrics.jsonl", tb)
@@ -157,6 +159,8 @@ class Trainer:
     store.close()
 
   def _load_model(self, name: str, like: Any) -> Any | None:
+    """The stored model `name` (verified against its digests; CorruptCheckpointError when
+    it changed on disk: a reference model is never used unverified), None when absent."""
     directory = self.workdir / "models" / name
     if checkpoint_lib.latest_step(directory) is None:
       return None
@@ -164,13 +168,17 @@ class Trainer:
     return params
 
   def initial_state(self):
-    """(params, opt_state, step, data position), resumed from W/checkpoints when present."""
+    """(params, opt_state, step, data position), resumed from W/checkpoints when present:
+    from the latest step that matches its digests. Later steps that do not (corrupt or
+    unreadable) are reported and moved aside (`<step>.corrupt-<time>`), never used."""
     params = _copy(self.c.base_params)  # the step donates params; keep the base intact
     opt_state = self.init_opt_state(params)
-    latest = self.ckpt.latest_step()
-    if latest is None:
+    steps = sorted(self.ckpt.all_steps(), reverse=True)
+    if not steps:
       return params, opt_state, 0, 0
-    params, opt_state, meta = self.ckpt.restore(latest, params, opt_state)
+    params, opt_state, meta, latest, skipped = self.ckpt.restore_first_good(steps, params,
+                                                                            opt_state)
+    self.ckpt.quarantine(skipped)   # all later than `latest`, which this config restores
     expected_key = np.asarray(jax.random.key_data(self.base_key())).tolist()
     if meta.get("rng_key") != expected_key:
       raise ValueError(f"checkpoint {latest} in {self.ckpt.directory} was written with another "
@@ -212,13 +220,14 @@ class Trainer:
   def step_fn(self, stage: str):
     if stage not in self._steps:
       micro = int(self.config.train.micro_batches)
+      chunk = int(self.config.train.logit_chunk)
       if stage in plan_lib.SUPERVISED_STAGES:
         self._steps[stage] = step_lib.make_sft_step(self.c.graphdef, self.optimizer, micro,
-                                                    self.shardings)
+                                                    self.shardings, logit_chunk=chunk)
       else:
         self._steps[stage] = step_lib.make_rl_step(self.c.graphdef, self.optimizer,
                                                    loss_config(self.config, stage), micro,
-                                                   self.shardings)
+                                                   self.shardings, logit_chunk=chunk)
     return self._steps[stage]
 
   # --- one step ------------------------------------------------------------------------
@@ -229,11 +238,11 @@ class Trainer:
     demo = self.c.task.demonstration
     # Every process draws all demonstrations (one RNG stream, so the batch does not depend
     # on the number of processes) and tokenises only its own rows.
-    attempts1 = [demo(p, rng) for p in problems]
-    attempts2 = [demo(p, rng) for p in problems]
+    attempts = [[demo(p, rng) for p in problems]
+                for _ in range(self.two_turn.num_attempts)]   # one list per attempt
     split = multihost.row_split(self.c.mesh, len(problems))
     episode = rollout_lib.demonstration_episode(
-        self.two_turn, split.take(problems), split.take(attempts1), split.take(attempts2))
+        self.two_turn, split.take(problems), *(split.take(texts) for texts in attempts))
     return [(episode, split)], {}
 
   def baseline_batch(self, stage: str, params: Any, data: DataStream, key: jax.Array
@@ -291,20 +300,20 @@ class Trainer:
     return [(r.episode, r.split) for r in results], self.rollout_stats(results)
 
   def rollout_stats(self, results: list[Any]) -> dict[str, float]:
-    """Two-turn metrics of rollouts over every process's rows (rewards, deltas, answer
-    changes, attempt lengths in trained tokens)."""
-    rows = []
+    """Metrics of rollouts of A attempts over every process's rows (rewards per attempt,
+    deltas, answer changes, attempt lengths in trained tokens; `metrics.keys(A)`)."""
+    rows, A = [], results[0].episode.num_attempts
+    attempts = range(1, A + 1)
     for result in results:
       ep = result.episode
       rows += multihost.gather_rows(
-          list(zip(ep.r1_B.tolist(), ep.r2_B.tolist(), result.y1, result.y2,
-                   ep.turn1_mask_BT.sum(axis=1).tolist(),
-                   ep.turn2_mask_BT.sum(axis=1).tolist())), result.split)
-    r1, r2, y1, y2, len1, len2 = (list(col) for col in zip(*rows))
-    m = metrics_lib.attempt_metrics(r1, r2, y1, y2, self.c.task.answer_key)
-    return {"reward_t1": m["acc_t1"], "reward_t2": m["acc_t2"],
-            **{key: m[key] for key in metrics_lib.KEYS},
-            "len_t1": float(np.mean(len1)), "len_t2": float(np.mean(len2))}
+          list(zip(*(ep.reward(t).tolist() for t in attempts), *result.texts,
+                   *(ep.mask(t).sum(axis=1).tolist() for t in attempts))), result.split)
+    cols = [list(col) for col in zip(*rows)]
+    m = metrics_lib.graded_metrics(cols[:A], cols[A:2 * A], self.c.task.answer_key)
+    return {**{f"reward_t{t}": m[f"acc_t{t}"] for t in attempts},
+            **{key: m[key] for key in metrics_lib.keys(A)},
+            **{f"len_t{t}": float(np.mean(cols[2 * A + t - 1])) for t in attempts}}
 
   # --- the loop ------------------------------------------------------------------------
   def run(self) -> dict[str, Any]:

@@ -5,16 +5,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from score_jax.rl import episode as episode_lib
 from score_jax.rl.episode import Episode
 
 
-def loss_episode(turn1_mask_BT, turn2_mask_BT, r1_B, r2_B) -> Episode:
-  """An Episode with these masks and rewards; tokens, valid and sampler log-probs are zeros
-  of the masks' shape (the losses never read them)."""
+def loss_episode(turn1_mask_BT, turn2_mask_BT, r1_B, r2_B, *later) -> Episode:
+  """An Episode with these masks and rewards (`later` = mask3, r3, mask4, r4, ... for more
+  attempts); tokens, valid and sampler log-probs are zeros of the masks' shape (the losses
+  never read them)."""
   shape = jnp.shape(turn1_mask_BT)
-  return Episode(tokens_BT=jnp.zeros(shape, jnp.int32), valid_BT=jnp.ones(shape, bool),
-                 turn1_mask_BT=turn1_mask_BT, turn2_mask_BT=turn2_mask_BT, r1_B=r1_B,
-                 r2_B=r2_B, sampler_logprobs_BT=jnp.zeros(shape, jnp.float32))
+  masks = [turn1_mask_BT, turn2_mask_BT, *later[0::2]]
+  rewards = [r1_B, r2_B, *later[1::2]]
+  return episode_lib.from_masks(jnp.zeros(shape, jnp.int32), jnp.ones(shape, bool),
+                                [jnp.asarray(m) for m in masks],
+                                [jnp.asarray(r) for r in rewards])
 
 
 # Rows of very different lengths: (y1 span, y2 span) per row of a [8, 24] batch; groups of
@@ -33,10 +37,8 @@ def varied_episode(vocab: int, seed: int = 0) -> Episode:
   for b, ((s1, e1), (s2, e2)) in enumerate(SPANS):
     turn1[b, s1:e1] = True
     turn2[b, s2:e2] = True
-  return Episode(tokens_BT=rng.integers(0, vocab, (rows, width)).astype(np.int32),
-                 valid_BT=np.ones((rows, width), bool), turn1_mask_BT=turn1,
-                 turn2_mask_BT=turn2, r1_B=R1, r2_B=R2,
-                 sampler_logprobs_BT=np.zeros((rows, width), np.float32))
+  return episode_lib.from_masks(rng.integers(0, vocab, (rows, width)).astype(np.int32),
+                                np.ones((rows, width), bool), [turn1, turn2], [R1, R2])
 
 
 # An "optimiser" whose state is the last gradient and whose update is zero: a step with it

@@ -77,7 +77,7 @@ def test_pair_sft_pairs_real_math_responses_graded_by_the_math_grader(pair_sft_r
   episode = rollout_lib.demonstration_episode(two_turn, problems, y1, y2)
   np.testing.assert_array_equal(episode.r1_B, [0, 0, 0, 0])
   np.testing.assert_array_equal(episode.r2_B, [1, 1, 0, 0])       # the real grader's verdicts
-  result = rollout_lib.RolloutResult(episode, problems, y1, y2, 0)
+  result = rollout_lib.RolloutResult(episode, problems, [y1, y2], 0)
   targets, stats = baselines.pair_sft_targets(baselines.sample_rows(result))
   assert targets == [right1, right2, None, None]
   assert stats == {"kept_fraction": 0.5, "problems_solved_fraction": 0.5}

@@ -1,12 +1,19 @@
 """Orbax checkpoints: retention (last K + best by validation metric), restore into another
-mesh's shardings, and readers that never see a half-written step."""
+mesh's shardings, readers that never see a half-written step, and steps that verify
+themselves: a flipped byte or a garbage step directory is reported with its path and the
+previous good step is used; a directory that cannot be written fails at once."""
+
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import checkpoint as checkpoint_lib
+from score_jax import digest as digest_lib
 
 
 def _tree(mesh, spec):
@@ -77,3 +84,125 @@ def test_restore_params_takes_the_latest_or_a_given_step(tmp_path):
   params, meta, step = checkpoint_lib.restore_params(tmp_path / "c", like, 1)
   assert step == 1 and meta == {"step": 1}
   np.testing.assert_array_equal(params["b"], np.ones(3))
+
+
+def _read_unverified(item_dir: pathlib.Path, restore_args) -> list[np.ndarray]:
+  """The arrays of a saved item as a plain Orbax read gives them (no digest check)."""
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    return jax.tree.leaves(checkpointer.restore(item_dir, restore_args=restore_args))
+
+
+def flip_array_bytes(step_dir: pathlib.Path, item: str = "params", tries: int = 48
+                     ) -> pathlib.Path:
+  """Flips 4 bytes of an array data file Orbax wrote for `item` of a step (its OCDBT data
+  files, `<item>/**/d/*`) where an unverified read still succeeds with changed values:
+  silent rot, what a restore without digests would use. Tries the files largest first,
+  `tries` offsets spread over each, from the middle out; returns the file it changed."""
+  item_dir = pathlib.Path(step_dir) / item
+  files = sorted((p for p in item_dir.rglob("*") if p.is_file() and p.parent.name == "d"),
+                 key=lambda p: -p.stat().st_size)
+  assert files, f"no array data files under {item_dir}"
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(item_dir).item_metadata.tree
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  before = _read_unverified(item_dir, restore_args)
+  for path in files:
+    original = path.read_bytes()
+    spots = sorted((len(original) * (2 * k + 1) // (2 * tries) for k in range(tries)),
+                   key=lambda offset: abs(offset - len(original) // 2))
+    for offset in spots:
+      data = bytearray(original)
+      data[offset:offset + 4] = bytes(b ^ 0xFF for b in data[offset:offset + 4])
+      path.write_bytes(bytes(data))
+      try:
+        after = _read_unverified(item_dir, restore_args)
+      except Exception:  # pylint: disable=broad-except
+        continue
+      if any(not np.array_equal(a, b, equal_nan=True) for a, b in zip(before, after)):
+        return path
+    path.write_bytes(original)
+  raise AssertionError(f"no 4-byte flip in {item_dir} changes values silently")
+
+
+def _random_tree(scale: float = 1.0):
+  rng = np.random.default_rng(0)
+  return {"w": jnp.asarray(rng.normal(size=(64, 128)).astype(np.float32) * scale),
+          "b": jnp.ones((3,), jnp.float32) * scale}
+
+
+def _two_steps(directory):
+  ckpt = checkpoint_lib.Checkpointer(directory, keep=5, keep_best=False, async_save=False)
+  for step in (1, 2):
+    ckpt.save(step, _random_tree(step), None, {"step": step}, force=True)
+  ckpt.close()
+
+
+def test_a_flipped_byte_is_detected_and_the_previous_step_is_used(tmp_path, capsys):
+  _two_steps(tmp_path / "c")
+  flip_array_bytes(tmp_path / "c" / "2")
+  like = _random_tree()
+  params, meta, step = checkpoint_lib.restore_params(tmp_path / "c", like)
+  assert step == 1 and meta == {"step": 1}
+  np.testing.assert_array_equal(params["w"], np.asarray(_random_tree(1)["w"]))
+  err = capsys.readouterr().err
+  assert f"checkpoint step 2 at {tmp_path / 'c' / '2'}" in err
+  with pytest.raises(checkpoint_lib.CorruptCheckpointError, match=str(tmp_path / "c" / "2")):
+    checkpoint_lib.restore_params(tmp_path / "c", like, 2)    # never used, even when asked
+
+
+def test_a_garbage_step_directory_is_skipped(tmp_path, capsys):
+  _two_steps(tmp_path / "c")
+  garbage = tmp_path / "c" / "3"
+  garbage.mkdir()
+  (garbage / "params").write_text("not a checkpoint")
+  assert checkpoint_lib.select_step(tmp_path / "c", "latest")[0] == 3
+  assert [s for s, _ in checkpoint_lib.candidates(tmp_path / "c", "latest")] == [3, 2, 1]
+  _, meta, step = checkpoint_lib.restore_params(tmp_path / "c", _random_tree())
+  assert step == 2 and meta == {"step": 2}
+  assert f"checkpoint step 3 at {garbage} cannot be read" in capsys.readouterr().err
+
+
+def test_no_good_step_is_a_clear_error(tmp_path):
+  _two_steps(tmp_path / "c")
+  for step in (1, 2):
+    flip_array_bytes(tmp_path / "c" / str(step))
+  with pytest.raises(checkpoint_lib.CorruptCheckpointError,
+                     match=f"no good checkpoint in {tmp_path / 'c'}: .*step 2.*step 1"):
+    checkpoint_lib.restore_params(tmp_path / "c", _random_tree())
+
+
+def test_the_digest_is_checked_in_the_saved_dtype_then_cast(tmp_path):
+  _two_steps(tmp_path / "c")
+  like = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _random_tree())
+  params, _, step = checkpoint_lib.restore_params(tmp_path / "c", like)
+  assert step == 2 and params["w"].dtype == jnp.bfloat16
+  np.testing.assert_array_equal(params["w"], np.asarray(_random_tree(2)["w"]).astype(
+      jnp.bfloat16))
+
+
+def test_the_digest_does_not_depend_on_the_sharding():
+  x = np.random.default_rng(1).normal(size=(16, 24)).astype(np.float32)
+  mesh8 = jax.make_mesh((8,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
+  mesh222 = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  a = digest_lib.record({"w": jax.device_put(x, NamedSharding(mesh8, P("fsdp")))})
+  b = digest_lib.record({"w": jax.device_put(x, NamedSharding(mesh222, P("tensor", "fsdp")))})
+  assert a == b == digest_lib.record({"w": x})
+  y = x.copy()
+  y[[0, 1]] = y[[1, 0]]                                   # same values, moved
+  assert digest_lib.mismatches({"w": y}, a) and not digest_lib.mismatches({"w": x}, a)
+
+
+def test_a_step_without_digests_restores_with_a_warning(tmp_path, capsys):
+  _two_steps(tmp_path / "c")
+  import shutil
+  shutil.rmtree(tmp_path / "c" / "2" / "digest")          # as written before digests
+  _, _, step = checkpoint_lib.restore_params(tmp_path / "c", _random_tree())
+  assert step == 2 and "has no digest" in capsys.readouterr().err
+
+
+def test_an_unwritable_directory_fails_at_once(tmp_path):
+  (tmp_path / "c").write_text("a file where the directory should be")
+  with pytest.raises(checkpoint_lib.CheckpointSaveError, match=f"{tmp_path / 'c'} is not "
+                                                               f"writable"):
+    checkpoint_lib.Checkpointer(tmp_path / "c")

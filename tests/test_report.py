@@ -60,3 +60,23 @@ def test_training_plot_has_a_row_per_trained_method(tmp_path):
   assert image.shape[0] > 500 and image.shape[1] > 1000
   bars = report.plot_results(tmp_path, RESULTS, ["base", "score"])
   assert matplotlib.image.imread(bars).shape[1] > 1000
+
+
+def test_attempts_table_and_plot(tmp_path):
+  """Three attempts: Acc@t for every t, both pairs with their split, ever right."""
+  row = _row(acc_t1=(50.0, 2.0), acc_t2=(60.0, 2.0), acc_t3=(65.0, 2.0), delta=(10.0, 1.0),
+             delta_i2c=(12.0, 1.0), delta_c2i=(2.0, 0.5), delta_t2_t3=(5.0, 1.0),
+             delta_i2c_t2_t3=(6.0, 1.0), delta_c2i_t2_t3=(1.0, 0.5),
+             ever_correct=(70.0, 2.0))
+  results = {"_meta": {"labels": {"score": "SCoRe"}}, "score": row}
+  lines = report.attempts_table(results, ["score"]).splitlines()
+  assert lines[0] == ("| Method | Acc@t1 | Acc@t2 | Acc@t3 | Δ(t1,t2) | i→c | c→i | Δ(t2,t3) | "
+                      "i→c | c→i | ever right |")
+  assert lines[2] == ("| SCoRe | 50.0 ± 2.0 | 60.0 ± 2.0 | 65.0 ± 2.0 | +10.0 ± 1.0 | "
+                      "+12.0 ± 1.0 | +2.0 ± 0.5 | +5.0 ± 1.0 | +6.0 ± 1.0 | +1.0 ± 0.5 | "
+                      "70.0 ± 2.0 |")
+  # Two attempts: the columns of the pair (t1, t2); no ever-right column without the key.
+  two = report.attempts_table(RESULTS, ["base", "score"]).splitlines()
+  assert two[0] == "| Method | Acc@t1 | Acc@t2 | Δ(t1,t2) | i→c | c→i |"
+  path = report.plot_attempts(tmp_path, results, ["score"])
+  assert path.name == "attempts.png" and matplotlib.image.imread(path).shape[0] > 200

@@ -6,8 +6,10 @@
   score_jax.export_hf(lm, "out/")                        # transformers can load out/
 
 `load` accepts a Hugging Face directory (config.json + safetensors; see
-score_jax.hub.hf_weights) or an official Gemma Orbax checkpoint directory (see
-score_jax.hub.gemma_orbax; `family` names its architecture when shapes cannot).
+score_jax.hub.hf_weights), a llama.cpp `.gguf` file or a directory holding just one
+(dequantised; see score_jax.hub.gguf), or an official Gemma Orbax checkpoint
+directory (see score_jax.hub.gemma_orbax; `family` names its architecture when
+shapes cannot).
 The `LM` holds the functional model (`graphdef` + sharded `params`, as everywhere
 else in score_jax), its `ModelConfig`, the tokenizer shipped with the checkpoint
 (None if there is none) and the family's chat format.
@@ -28,6 +30,7 @@ from flax import nnx
 from score_jax import multihost
 from score_jax import sampler as sampler_lib
 from score_jax.hub import gemma_orbax
+from score_jax.hub import gguf as gguf_lib
 from score_jax.hub import hf_weights as weights_lib
 from score_jax.hub.hf_export import export_hf  # noqa: F401  (public: score_jax.export_hf)
 from score_jax.model import transformer as model_lib
@@ -176,11 +179,13 @@ def load(path: str | pathlib.Path, *, dtype: str = "float32", compute_dtype: str
          mesh: jax.sharding.Mesh | None = None, family: str | None = None,
          tokenizer: str | pathlib.Path | tokenizer_lib.Tokenizer | None = None,
          overrides: dict[str, Any] | None = None) -> LM:
-  """Loads a pretrained checkpoint directory as an `LM`.
+  """Loads a pretrained checkpoint as an `LM`.
 
   Args:
     path: an HF directory (config.json + model.safetensors or sharded with
-      model.safetensors.index.json) or an official Gemma Orbax checkpoint directory.
+      model.safetensors.index.json), a `.gguf` file (or a directory holding exactly
+      one and no safetensors; its embedded tokenizer is used), or an official Gemma
+      Orbax checkpoint directory.
     dtype: param storage dtype, "float32" or "bfloat16" (whatever the file holds).
     compute_dtype: activation dtype (default: `dtype`).
     mesh: shard params over this mesh (`score_jax.mesh.make_mesh`); None: one device.
@@ -196,10 +201,22 @@ def load(path: str | pathlib.Path, *, dtype: str = "float32", compute_dtype: str
   p = pathlib.Path(path).expanduser()
   if not p.exists():
     raise FileNotFoundError(f"checkpoint path {p} does not exist")
-  if not p.is_dir():
-    raise ValueError(f"{p} is a file; pass the checkpoint directory that holds it")
+  gguf_file = p if p.suffix == ".gguf" and p.is_file() else None
+  if not p.is_dir() and gguf_file is None:
+    raise ValueError(f"{p} is a file; pass the checkpoint directory that holds it (or a "
+                     ".gguf file)")
+  if gguf_file is None and not (p / "config.json").is_file():
+    gguf_file = gguf_lib.find_gguf(p)
   hf_config = generation_config = None
-  if (p / "config.json").is_file():
+  if gguf_file is not None:
+    if overrides:
+      raise ValueError("overrides= applies to Orbax checkpoints; a GGUF's metadata is "
+                       "authoritative")
+    config, graphdef, params, hf_config, tok_path = gguf_lib.load_gguf(
+        gguf_file, dtype=dtype, compute_dtype=compute_dtype, mesh=mesh)
+    if family is not None and family != config.family:
+      raise ValueError(f"family={family!r} but {gguf_file} holds a {config.family!r} model")
+  elif (p / "config.json").is_file():
     if overrides:
       raise ValueError("overrides= applies to Orbax checkpoints; an HF config.json is "
                        "authoritative (edit it instead)")

@@ -228,15 +228,25 @@ class Transformer(nnx.Module):
                       index=(index + T).astype(jnp.int32))
     return x_BTD, cache
 
+  def head_weight(self) -> jax.Array:
+    """The output projection: the embedding [V, D] when tied, else lm_head.kernel [D, V]."""
+    if self.config.tie_embeddings:
+      return self.embedder.embedding[...]
+    return self.lm_head.kernel[...]
+
   def logits(self, x_BTD: jax.Array) -> jax.Array:
     """float32 logits [..., V] of final hidden states (with the final softcap)."""
-    if self.config.tie_embeddings:
-      table = self.embedder.embedding[...].astype(x_BTD.dtype)
-      logits = jnp.einsum("...D,VD->...V", x_BTD, table, preferred_element_type=jnp.float32)
-    else:
-      kernel = self.lm_head.kernel[...].astype(x_BTD.dtype)
-      logits = jnp.einsum("...D,DV->...V", x_BTD, kernel, preferred_element_type=jnp.float32)
-    return softcap(logits, self.config.final_logit_softcap)
+    return unembed(self.config, self.head_weight(), x_BTD)
+
+
+def unembed(config: ModelConfig, head_weight: jax.Array, x_BTD: jax.Array) -> jax.Array:
+  """float32 logits [..., V] of hidden states under `head_weight` (`Transformer.head_weight`),
+  with the final softcap; a pure function, so that callers can project chunks of a sequence
+  (see `score_jax.rl.scoring`)."""
+  weight = head_weight.astype(x_BTD.dtype)
+  spec = "...D,VD->...V" if config.tie_embeddings else "...D,DV->...V"
+  logits = jnp.einsum(spec, x_BTD, weight, preferred_element_type=jnp.float32)
+  return softcap(logits, config.final_logit_softcap)
 
 
 _REMAT_POLICIES = {

@@ -12,8 +12,9 @@
   the pairs (a pure function of the sampled texts and rewards), `pair_sft_episode` the
   batch.
 
-Both return Episodes for the supervised step (`score_jax.rl.step.make_sft_step`, which trains the
-tokens of `turn1_mask | turn2_mask`): here only the kept rows' y2 tokens.
+Both return Episodes for the supervised step (`score_jax.rl.step.make_sft_step`, which trains
+every attempt's trained tokens): here only the kept rows' y2 tokens. Both are the paper's
+two-attempt methods: they raise on rollouts of more attempts (config.rollout.num_attempts).
 """
 
 from __future__ import annotations
@@ -25,16 +26,22 @@ import numpy as np
 from score_jax.rl import rollout as rollout_lib
 
 
+def _two_attempts(method: str, episode: rollout_lib.Episode) -> None:
+  if episode.num_attempts != 2:
+    raise ValueError(f"{method} is defined for two attempts (the paper's protocol); these "
+                     f"rollouts have {episode.num_attempts}: set "
+                     f"--config.rollout.num_attempts=2 for {method} runs")
+
+
 def star_episode(result: rollout_lib.RolloutResult, *, include_right_right: bool = True
                  ) -> tuple[rollout_lib.Episode, float]:
   """Keeps the y2 tokens of successful traces; returns (episode, fraction of rows kept)."""
   ep = result.episode
+  _two_attempts("STaR", ep)
   keep = ep.r2_B > 0.5
   if not include_right_right:
     keep &= ep.r1_B < 0.5
-  episode = ep._replace(turn1_mask_BT=np.zeros_like(ep.turn1_mask_BT),
-                        turn2_mask_BT=ep.turn2_mask_BT & keep[:, None])
-  return episode, float(keep.mean())
+  return ep.train_only(2, keep), float(keep.mean())
 
 
 # One sampled row, as `pair_sft_targets` reads it: (problem uid, y1, r1, y2, r2).
@@ -44,6 +51,7 @@ SampleRow = tuple[str, str, float, str, float]
 def sample_rows(result: rollout_lib.RolloutResult) -> list[SampleRow]:
   """The rows of `result` (this process's) as `pair_sft_targets` reads them."""
   ep = result.episode
+  _two_attempts("Pair-SFT", ep)
   return [(p.uid, a, float(x), b, float(z)) for p, a, x, b, z in
           zip(result.problems, result.y1, ep.r1_B.tolist(), result.y2, ep.r2_B.tolist())]
 
@@ -103,6 +111,7 @@ def pair_sft_episode(two_turn: rollout_lib.TwoTurnSampler, result: rollout_lib.R
   all rows, see `pair_sft_targets`) and `kept_fraction`, the share of this process's rows
   that are trained.
   """
+  _two_attempts("Pair-SFT", result.episode)
   rows = sample_rows(result) if all_rows is None else list(all_rows)
   batch = len(result.problems) if result.split is None else result.split.batch
   if len(rows) != batch:
@@ -117,7 +126,6 @@ def pair_sft_episode(two_turn: rollout_lib.TwoTurnSampler, result: rollout_lib.R
   answers = [t if t is not None else y2 for t, y2 in zip(targets, result.y2)]
   episode = rollout_lib.demonstration_episode(two_turn, result.problems, result.y1, answers)
   keep = paired & (episode.r2_B > 0.5)
-  episode = episode._replace(turn1_mask_BT=np.zeros_like(episode.turn1_mask_BT),
-                             turn2_mask_BT=episode.turn2_mask_BT & keep[:, None])
+  episode = episode.train_only(2, keep)
   return episode, {"problems_solved_fraction": stats["problems_solved_fraction"],
                    "kept_fraction": float(keep.mean()) if len(keep) else 0.0}

@@ -1,76 +1,175 @@
 """The one batch type from the sampler to the loss: `Episode`, and its layout.
 
-Each row is ONE two-turn episode laid out as a single sequence of fixed length
-P + T1 + I + T2 (fixed shapes: one compilation per run):
+Each row is ONE episode of A >= 2 attempts (A = config.rollout.num_attempts; the paper's
+protocol is A = 2) laid out as a single sequence of fixed length P + T1 + (A-1) (I + T2)
+(fixed shapes: one compilation per run):
 
-  [ x (prompt, left-padded to P) | y1 (T1) | extra (I) | y2 (T2) ]
+  [ x (prompt, left-padded to P) | y1 (T1) | extra (I) | y2 (T2) | extra (I) | y3 (T2) | ... ]
 
-`extra` is end_of_turn (where y1 did not stop by itself) + the second-turn instruction,
-left-padded to I. Padding is marked invalid in `valid_BT`; `turn1_mask_BT` covers the y1
-tokens and `turn2_mask_BT` the y2 tokens (y1 inside the turn-2 context is prompt for
-turn 2, so only `turn1_mask_BT` covers it). One forward pass of the trainer scores both
-turns with exactly the positions and masks the sampler used.
+Each `extra` is end_of_turn (where the attempt before it did not stop by itself) + the
+instruction p, left-padded to I, so that attempt t reads `x, y1, p, y2, p, ..., y_{t-1}, p`.
+Padding is marked invalid in `valid_BT`. `attempt_BT[b, s] = t` marks the tokens of attempt
+t (1-based) that are trained; 0 marks everything else: prompt, instructions, padding, and
+attempts that are context only (e.g. another policy's first attempts). An earlier attempt
+inside the context of a later one is prompt for the later one, so each token belongs to at
+most one attempt by construction. `rewards_BA[b, t-1]` is the task's reward of attempt t.
+One forward pass of the trainer scores every attempt with exactly the positions and masks
+the sampler used.
 
-An Episode is a pytree (a NamedTuple of arrays): the rollout builds it in numpy, the
-trainer puts it on the mesh as it is, and the jitted step and the losses read its
-shape-suffixed fields directly.
+An Episode is a pytree (a NamedTuple of arrays, every one with the batch first): the rollout
+builds it in numpy, the trainer puts it on the mesh as it is, and the jitted step and the
+losses read its shape-suffixed fields directly. `turn1_mask_BT`, `turn2_mask_BT`, `r1_B`,
+`r2_B` are read-only views of attempts 1 and 2 (the paper's two turns).
+
+Legend: B batch, T sequence length, A attempts, S segment length.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
 class Episode(NamedTuple):
-  """A batch of two-turn episodes (see the module docstring)."""
+  """A batch of A-attempt episodes (see the module docstring)."""
   tokens_BT: Any                 # int32
   valid_BT: Any                  # bool: real tokens (padding is False)
-  turn1_mask_BT: Any             # bool: y1 tokens
-  turn2_mask_BT: Any             # bool: y2 tokens
-  r1_B: Any                      # float32 reward of y1
-  r2_B: Any                      # float32 reward of y2
-  sampler_logprobs_BT: Any       # float32 log pi_sampler(token), 0 outside y1 / y2
+  attempt_BT: Any                # int32: t on the trained tokens of attempt t, 0 elsewhere
+  rewards_BA: Any                # float32: reward of attempt t in column t - 1
+  sampler_logprobs_BT: Any       # float32 log pi_sampler(token), 0 outside the attempts
+
+  @property
+  def num_attempts(self) -> int:
+    """A (static: the shape of `rewards_BA`)."""
+    return int(self.rewards_BA.shape[1])
+
+  def mask(self, t: int) -> Any:
+    """bool [B, T]: the trained tokens of attempt t (1-based)."""
+    return self.attempt_BT == t
+
+  def reward(self, t: int) -> Any:
+    """[B]: the reward of attempt t (1-based)."""
+    return self.rewards_BA[:, t - 1]
+
+  @property
+  def trained_BT(self) -> Any:
+    """bool [B, T]: the trained tokens of every attempt."""
+    return self.attempt_BT > 0
+
+  # Read-only views of the paper's two turns.
+  turn1_mask_BT = property(lambda self: self.mask(1))
+  turn2_mask_BT = property(lambda self: self.mask(2))
+  r1_B = property(lambda self: self.reward(1))
+  r2_B = property(lambda self: self.reward(2))
+
+  def train_only(self, t: int, rows_B: Any = None) -> "Episode":
+    """The same episodes with only attempt t trained, on the rows of `rows_B` (bool [B];
+    default all): every other token becomes context (numpy only)."""
+    keep_BT = self.attempt_BT == t
+    if rows_B is not None:
+      keep_BT = keep_BT & np.asarray(rows_B, bool)[:, None]
+    return self._replace(attempt_BT=np.where(keep_BT, self.attempt_BT, 0).astype(np.int32))
+
+  def without_attempt(self, t: int) -> "Episode":
+    """The same episodes with attempt t's tokens as context only (not trained; numpy)."""
+    return self._replace(attempt_BT=np.where(self.attempt_BT == t, 0, self.attempt_BT)
+                         .astype(np.int32))
+
+
+def from_masks(tokens_BT: Any, valid_BT: Any, masks_BT: Sequence[Any], rewards_B: Sequence[Any],
+               sampler_logprobs_BT: Any = None) -> Episode:
+  """An Episode from one disjoint bool mask and one reward vector per attempt (in order).
+
+  numpy in, numpy out; jax arrays (or tracers) in, jax arrays out.
+  """
+  if len(masks_BT) != len(rewards_B) or len(masks_BT) < 1:
+    raise ValueError(f"from_masks: {len(masks_BT)} masks and {len(rewards_B)} rewards: give "
+                     "one of each per attempt")
+  xp = jnp if any(isinstance(x, jax.Array) for x in (tokens_BT, *masks_BT, *rewards_B)) else np
+  attempt_BT = xp.zeros(xp.shape(tokens_BT), xp.int32)
+  for t, mask_BT in enumerate(masks_BT, start=1):
+    overlap = attempt_BT > 0
+    if xp is np and np.any(overlap & np.asarray(mask_BT, bool)):
+      raise ValueError(f"from_masks: the mask of attempt {t} overlaps an earlier attempt's")
+    attempt_BT = xp.where(xp.asarray(mask_BT, bool), t, attempt_BT).astype(xp.int32)
+  rewards_BA = xp.stack([xp.asarray(r, xp.float32) for r in rewards_B], axis=1)
+  if sampler_logprobs_BT is None:
+    sampler_logprobs_BT = xp.zeros(xp.shape(tokens_BT), xp.float32)
+  return Episode(tokens_BT, valid_BT, attempt_BT, rewards_BA, sampler_logprobs_BT)
 
 
 @dataclasses.dataclass(frozen=True)
 class Lengths:
-  """Fixed sequence budgets of the four segments."""
+  """Fixed sequence budgets of the segments."""
   prompt: int          # P
-  turn1: int           # T1
-  extra: int           # I: end_of_turn + second-turn text
-  turn2: int           # T2
+  turn1: int           # T1: the first attempt
+  extra: int           # I: end_of_turn + instruction, before each later attempt
+  turn2: int           # T2: each later attempt (2..A)
+  attempts: int = 2    # A
+
+  def __post_init__(self):
+    if not isinstance(self.attempts, int) or isinstance(self.attempts, bool) or self.attempts < 2:
+      raise ValueError(f"Lengths.attempts={self.attempts!r} must be an int >= 2 "
+                       "(config.rollout.num_attempts)")
 
   @property
   def total(self) -> int:
-    return self.prompt + self.turn1 + self.extra + self.turn2
+    return self.prompt + self.turn1 + (self.attempts - 1) * (self.extra + self.turn2)
+
+  def attempt_start(self, t: int) -> int:
+    """Column of the first token of attempt t (1-based) in the Episode."""
+    if t == 1:
+      return self.prompt
+    return self.prompt + self.turn1 + (t - 1) * self.extra + (t - 2) * self.turn2
+
+  def attempt_cols(self, t: int) -> slice:
+    """Columns of attempt t's segment."""
+    start = self.attempt_start(t)
+    return slice(start, start + (self.turn1 if t == 1 else self.turn2))
 
 
-Segment = tuple[np.ndarray, np.ndarray]   # (tokens [B, n] int32, valid [B, n] bool)
+Segment = tuple[np.ndarray, np.ndarray]   # (tokens [B, S] int32, valid [B, S] bool)
 
 
-def layout(prompt: Segment, turn1: Segment, extra: Segment, turn2: Segment,
-           r1_B: Any, r2_B: Any, logprobs1_BS: np.ndarray | None = None,
-           logprobs2_BS: np.ndarray | None = None) -> Episode:
-  """The Episode `[prompt | turn1 | extra | turn2]` of four (tokens, valid) segments.
+def layout(prompt: Segment, attempts: Sequence[Segment], extras: Sequence[Segment],
+           rewards: Sequence[Any], logprobs: Sequence[np.ndarray | None] | None = None
+           ) -> Episode:
+  """The Episode `[prompt | y1 | extra | y2 | ... | extra | yA]` of (tokens, valid) segments.
 
-  `logprobs*_BS` are the sampler's log-probs of the attempts (zeros when None, e.g. for
-  demonstrations).
+  `attempts` holds the A attempt segments, `extras` the A - 1 extra chunks before attempts
+  2..A, `rewards` one [B] vector per attempt; `logprobs` the sampler's log-probs per attempt
+  (zeros where None or not given, e.g. for demonstrations).
   """
-  segments = (prompt, turn1, extra, turn2)
-  none_BS = [np.zeros(tokens.shape, bool) for tokens, _ in segments]
-  zeros_BS = [np.zeros(tokens.shape, np.float32) for tokens, _ in segments]
-  logp1 = zeros_BS[1] if logprobs1_BS is None else np.asarray(logprobs1_BS, np.float32)
-  logp2 = zeros_BS[3] if logprobs2_BS is None else np.asarray(logprobs2_BS, np.float32)
+  A = len(attempts)
+  if A < 1 or len(extras) != A - 1 or len(rewards) != A:
+    raise ValueError(f"layout: {A} attempts need {A - 1} extra chunks and {A} reward vectors, "
+                     f"got {len(extras)} and {len(rewards)}")
+  logprobs = list(logprobs or []) + [None] * (A - len(logprobs or []))
+  segments, attempt_of, logp_of = [prompt], [0], [None]
+  for t, (attempt, logp) in enumerate(zip(attempts, logprobs), start=1):
+    if t > 1:
+      segments.append(extras[t - 2])
+      attempt_of.append(0)
+      logp_of.append(None)
+    segments.append(attempt)
+    attempt_of.append(t)
+    logp_of.append(logp)
+  attempt_BS, logp_BS = [], []
+  for (tokens, valid), t, logp in zip(segments, attempt_of, logp_of):
+    attempt_BS.append(np.where(valid, t, 0).astype(np.int32) if t else
+                      np.zeros(tokens.shape, np.int32))
+    logp_BS.append(np.zeros(tokens.shape, np.float32) if logp is None
+                   else np.asarray(logp, np.float32))
   return Episode(
       tokens_BT=np.concatenate([tokens for tokens, _ in segments], axis=1),
       valid_BT=np.concatenate([valid for _, valid in segments], axis=1),
-      turn1_mask_BT=np.concatenate([none_BS[0], turn1[1], none_BS[2], none_BS[3]], axis=1),
-      turn2_mask_BT=np.concatenate([none_BS[0], none_BS[1], none_BS[2], turn2[1]], axis=1),
-      r1_B=np.asarray(r1_B, np.float32), r2_B=np.asarray(r2_B, np.float32),
-      sampler_logprobs_BT=np.concatenate([zeros_BS[0], logp1, zeros_BS[2], logp2], axis=1),
+      attempt_BT=np.concatenate(attempt_BS, axis=1),
+      rewards_BA=np.stack([np.asarray(r, np.float32) for r in rewards], axis=1),
+      sampler_logprobs_BT=np.concatenate(logp_BS, axis=1),
   )
 
 

@@ -78,11 +78,23 @@ def token_logprobs(logits_BTV: jax.Array, tokens_BT: jax.Array) -> jax.Array:
                      f"{tokens_BT.shape} must be [B, T, V] and [B, T]")
   if not jnp.issubdtype(tokens_BT.dtype, jnp.integer):
     raise ValueError(f"token_logprobs: tokens_BT must be integer, got {tokens_BT.dtype}")
-  logits_BTV = logits_BTV[:, :-1].astype(jnp.float32)
-  target_BT = tokens_BT[:, 1:, None].astype(jnp.int32)
-  picked_BT = jnp.take_along_axis(logits_BTV, target_BT, axis=-1)[..., 0]
-  logp_BT = picked_BT - jax.nn.logsumexp(logits_BTV, axis=-1)
+  logp_BT = logprobs_of(logits_BTV[:, :-1], tokens_BT[:, 1:])
   return jnp.pad(logp_BT, ((0, 0), (1, 0)))
+
+
+def logprobs_of(logits_BTV: jax.Array, target_BT: jax.Array) -> jax.Array:
+  """`log softmax(logits_BTV[b, t])[target_BT[b, t]]` in float32 (no shift)."""
+  logits_BTV = logits_BTV.astype(jnp.float32)
+  picked_BT = jnp.take_along_axis(logits_BTV, target_BT[..., None].astype(jnp.int32),
+                                  axis=-1)[..., 0]
+  return picked_BT - jax.nn.logsumexp(logits_BTV, axis=-1)
+
+
+def entropy_of(logits_BTV: jax.Array) -> jax.Array:
+  """`- sum_v p log p` with `p = softmax(logits_BTV[b, t])`, in float32 (no shift)."""
+  logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+  p_BTV = jnp.exp(logp_BTV)
+  return -jnp.sum(jnp.where(p_BTV > 0, p_BTV * logp_BTV, 0.0), axis=-1)
 
 
 def token_entropy(logits_BTV: jax.Array) -> jax.Array:
@@ -92,10 +104,7 @@ def token_entropy(logits_BTV: jax.Array) -> jax.Array:
   """
   if logits_BTV.ndim != 3:
     raise ValueError(f"token_entropy: logits_BTV must be [B, T, V], got {logits_BTV.shape}")
-  logp_BTV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
-  p_BTV = jnp.exp(logp_BTV)
-  entropy_BT = -jnp.sum(jnp.where(p_BTV > 0, p_BTV * logp_BTV, 0.0), axis=-1)
-  return jnp.pad(entropy_BT, ((0, 0), (1, 0)))
+  return jnp.pad(entropy_of(logits_BTV[:, :-1]), ((0, 0), (1, 0)))
 
 
 def kl_per_token(logp_BT: jax.Array, ref_logp_BT: jax.Array, estimator: str) -> jax.Array:

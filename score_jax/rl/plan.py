@@ -106,6 +106,16 @@ def validate(config: Mapping[str, Any]) -> None:
   if "shaping_baseline" in rl and not isinstance(rl["shaping_baseline"], bool):
     errors.append(f"config.rl.shaping_baseline={rl['shaping_baseline']!r} must be True/False")
   rollout = config["rollout"]
+  attempts = rollout.get("num_attempts", 2)
+  if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 2:
+    errors.append(f"config.rollout.num_attempts={attempts!r} must be an integer >= 2 (the "
+                  f"first attempt and at least one correction; the paper uses 2)")
+  elif attempts != 2:
+    two_only = [n for n in names if n in ("star", "pair_sft")
+                and int(config["plan"][f"{n}_steps"]) > 0]
+    if two_only:
+      errors.append(f"stages {two_only} are the paper's two-attempt baselines: set "
+                    f"--config.rollout.num_attempts=2 (got {attempts})")
   rl_stages = [n for n in names if n in RL_STAGES and int(config["plan"][f"{n}_steps"]) > 0]
   off_policy = [f"{field}={rollout[field]}" for field, on_policy in
                 (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0))

@@ -1,14 +1,21 @@
-"""Two-turn rollouts: the host loop between tasks, the sampler and the losses.
+"""Rollouts of A attempts (A = config.rollout.num_attempts >= 2; the paper's protocol is
+A = 2): the host loop between tasks, the sampler and the losses.
 
 For a batch of problems (each repeated k times, so rows [i*k, (i+1)*k) share problem i):
 
-  x  = chat.first_turn(problem.prompt)                 -> left-padded to P tokens
-  y1 ~ pi(. | x)                                       (sampler, up to T1 tokens)
-  x2 = x + y1 + end_of_turn + chat.second_turn(instruction)
-  y2 ~ pi(. | x2)   continuing the turn-1 KV cache     (up to T2 tokens)
+  x   = chat.first_turn(problem.prompt)                  -> left-padded to P tokens
+  y1  ~ pi(. | x)                                        (sampler, up to T1 tokens)
+  x_t = x_{t-1} + y_{t-1} + end_of_turn + chat.second_turn(instruction)
+  y_t ~ pi(. | x_t)   continuing the previous attempt's KV cache   (up to T2 tokens each)
 
-and the result is one `Episode` per batch (`score_jax.rl.episode`: the layout
-`[x | y1 | extra | y2]` the trainer scores in one forward pass).
+for t = 2..A, so attempt t reads `x, y1, p, y2, p, ..., y_{t-1}, p` (p the instruction), and
+the result is one `Episode` per batch (`score_jax.rl.episode`: the layout
+`[x | y1 | extra | y2 | ... | extra | yA]` the trainer scores in one forward pass).
+
+`rollout(..., given=[texts_1, ..., texts_g])` feeds fixed texts as the first g < A attempts
+(context only: graded, not trained) and samples the rest: the same host loop re-runs the
+later attempts from any given earlier ones (counterfactual first attempts, or the last
+attempt of a longer chain).
 
 On several processes (multi-host) `rollout(..., process_local=True)` has each process
 encode, decode and grade only the rows its devices hold (`multihost.row_split`); the
@@ -28,29 +35,37 @@ import numpy as np
 from score_jax import mesh as mesh_lib
 from score_jax import multihost
 from score_jax import sampler as sampler_lib
-from score_jax.rl.episode import Episode, Lengths, layout
+from score_jax.rl.episode import Episode, Lengths, Segment, layout
 from score_jax.tasks import base
 from score_jax.text import chat as chat_lib
 
-__all__ = ["Episode", "Lengths", "RolloutResult", "TwoTurnSampler", "demonstration_episode",
-           "without_turn1_training"]
+__all__ = ["Episode", "Lengths", "MultiTurnSampler", "RolloutResult", "TwoTurnSampler",
+           "demonstration_episode", "without_turn1_training"]
 
 
 @dataclasses.dataclass
 class RolloutResult:
   episode: Episode
   problems: list[base.Problem]   # one per row
-  y1: list[str]
-  y2: list[str]
+  texts: list[list[str]]         # texts[t - 1][b]: attempt t of row b, decoded
   truncated_prompts: int         # prompts cut from the left to fit P
   split: multihost.RowSplit | None = None  # which global rows these are (None: all rows)
 
+  @property
+  def y1(self) -> list[str]:
+    return self.texts[0]
 
-class TwoTurnSampler:
-  """Turns problems into Episodes with a tokenizer, a chat format and the sampler.
+  @property
+  def y2(self) -> list[str]:
+    return self.texts[1]
 
-  The turn-2 instruction is the task's (`task.turn2_instruction`) unless `instruction`
-  gives another one (e.g. Self-Refine's; see `with_instruction`).
+
+class MultiTurnSampler:
+  """Turns problems into Episodes of `lengths.attempts` attempts with a tokenizer, a chat
+  format and the sampler.
+
+  The instruction before every later attempt is the task's (`task.turn2_instruction`)
+  unless `instruction` gives another one (e.g. Self-Refine's; see `with_instruction`).
   """
 
   def __init__(self, graphdef: Any, tokenizer: Any, chat: Any, task: base.Task,
@@ -72,13 +87,23 @@ class TwoTurnSampler:
                        f"config.rollout.max_instruction_len is {lengths.extra}; pass "
                        f"--config.rollout.max_instruction_len={needed}")
 
-  def with_instruction(self, instruction: str) -> "TwoTurnSampler":
-    """This sampler with another turn-2 instruction; `lengths.extra` (the extra-chunk
-    budget, config.rollout.max_instruction_len) grows to fit it, never shrinks."""
+  @property
+  def num_attempts(self) -> int:
+    return self.lengths.attempts
+
+  def with_instruction(self, instruction: str) -> "MultiTurnSampler":
+    """This sampler with another instruction; `lengths.extra` (the extra-chunk budget,
+    config.rollout.max_instruction_len) grows to fit it, never shrinks."""
     needed = len(chat_lib.second_turn_ids(self.chat, self.tokenizer, instruction)) + 1
     lengths = dataclasses.replace(self.lengths, extra=max(self.lengths.extra, needed))
-    return TwoTurnSampler(self.graphdef, self.tokenizer, self.chat, self.task, lengths,
-                          model_vocab=self.model_vocab, instruction=instruction)
+    return type(self)(self.graphdef, self.tokenizer, self.chat, self.task, lengths,
+                      model_vocab=self.model_vocab, instruction=instruction)
+
+  def with_attempts(self, attempts: int) -> "MultiTurnSampler":
+    """This sampler with another number of attempts (same budgets per attempt)."""
+    return type(self)(self.graphdef, self.tokenizer, self.chat, self.task,
+                      dataclasses.replace(self.lengths, attempts=attempts),
+                      model_vocab=self.model_vocab, instruction=self.instruction)
 
   def encode_prompts(self, problems: Sequence[base.Problem]) -> tuple[np.ndarray, np.ndarray, int]:
     ids = [chat_lib.first_turn_ids(self.chat, self.tokenizer, p.prompt) for p in problems]
@@ -96,93 +121,125 @@ class TwoTurnSampler:
     return texts
 
   def extra_chunk(self, done_B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """end_of_turn (only where y1 did not stop by itself) + the second-turn text."""
+    """end_of_turn (only where the attempt before did not stop by itself) + the instruction
+    turn."""
     seqs = [([] if d else [self.eot_id]) + self.second_turn_ids for d in done_B]
     tokens, valid, _ = sampler_lib.left_pad(seqs, self.pad_id, self.lengths.extra)
     return tokens, valid
 
-  def rollout(self, params1: Any, params2: Any, problems: Sequence[base.Problem], *,
-              method: Any, rng: jax.Array, process_local: bool = False) -> RolloutResult:
-    """Samples y1 with `params1` and y2 with `params2` (the same params on-policy).
+  def encode_attempt(self, texts: Sequence[str], length: int) -> tuple[Segment, list[str]]:
+    """Given attempt texts as a segment of `length` tokens, each ended by end_of_turn, and
+    the texts kept: an attempt longer than the budget keeps its first (length - 1) tokens."""
+    tokens = np.full((len(texts), length), self.pad_id, np.int32)
+    valid = np.zeros((len(texts), length), bool)
+    kept = []
+    for i, text in enumerate(texts):
+      ids = self.tokenizer.encode(text)
+      if len(ids) >= length:
+        ids = ids[:length - 1]
+        text = self.tokenizer.decode(ids, skip_special=True)
+      ids = ids + [self.eot_id]
+      tokens[i, :len(ids)], valid[i, :len(ids)] = ids, True
+      kept.append(text)
+    return (tokens, valid), kept
 
-    Every process passes the same global `problems`. With `process_local`, the result
-    holds only the rows this process's devices hold (see the module docstring).
+  def rollout(self, params1: Any, params2: Any, problems: Sequence[base.Problem], *,
+              method: Any, rng: jax.Array, process_local: bool = False,
+              given: Sequence[Sequence[str]] | None = None) -> RolloutResult:
+    """Samples y1 with `params1` and y2..yA with `params2` (the same params on-policy).
+
+    Every process passes the same global `problems` (and `given` texts, one list per given
+    attempt, one text per problem). With `process_local`, the result holds only the rows
+    this process's devices hold (see the module docstring). Attempt t continues the KV cache
+    of attempt t - 1 when both were sampled with the same params; otherwise it re-reads its
+    whole context.
     """
-    lengths = self.lengths
+    lengths, A = self.lengths, self.lengths.attempts
+    given = [list(texts) for texts in (given or [])]
+    if len(given) >= A or any(len(texts) != len(problems) for texts in given):
+      raise ValueError(f"rollout: `given` holds {len(given)} attempts (each one text per "
+                       f"problem); at most {A - 1} of the {A} attempts can be given")
     # never sample ids the tokenizer lacks
     method = sampler_lib.limit_vocab(method, self.tokenizer.vocab_size, self.model_vocab)
     mesh = mesh_lib.mesh_of(params1)
     split = (multihost.row_split(mesh, len(problems)) if process_local
              else multihost.RowSplit.everything(len(problems)))
     problems = split.take(problems)
+    given = [split.take(texts) for texts in given]
     put = lambda a: multihost.put_local_batch(a, mesh, split)  # noqa: E731
     get = lambda a: multihost.local_rows(a, split)  # noqa: E731
     prompt_BP, prompt_valid_BP, truncated = self.encode_prompts(problems)
     rng1, rng2 = jax.random.split(rng)
-    out1 = sampler_lib.generate(
-        self.graphdef, params1, put(prompt_BP), put(prompt_valid_BP),
-        max_new_tokens=lengths.turn1, method=method, rng=rng1, stop_ids=self.stop_ids,
-        pad_id=self.pad_id, max_cache_len=lengths.total)
-    tok1, val1, done1 = get(out1.tokens_BS), get(out1.valid_BS), get(out1.done_B)
-    logp1 = get(out1.logprobs_BS).astype(np.float32)
-    extra_BI, extra_valid_BI = self.extra_chunk(done1)
-    if params2 is params1:
-      # Turn 2 continues the turn-1 cache: feed only the extra chunk.
-      cache, turn2_input_BC, turn2_input_valid_BC = out1.cache, extra_BI, extra_valid_BI
-    else:
-      # A different turn-2 policy cannot reuse the turn-1 cache: feed the whole context.
-      cache = None
-      turn2_input_BC = np.concatenate([prompt_BP, tok1, extra_BI], axis=1)
-      turn2_input_valid_BC = np.concatenate([prompt_valid_BP, val1, extra_valid_BI], axis=1)
-    out2 = sampler_lib.generate(
-        self.graphdef, params2, put(turn2_input_BC), put(turn2_input_valid_BC),
-        max_new_tokens=lengths.turn2, method=method, rng=rng2, stop_ids=self.stop_ids,
-        pad_id=self.pad_id, cache=cache, max_cache_len=lengths.total)
-    tok2, val2 = get(out2.tokens_BS), get(out2.valid_BS)
-    logp2 = get(out2.logprobs_BS).astype(np.float32)
-    y1, y2 = self.decode(tok1, val1), self.decode(tok2, val2)
-    r1 = self.task.rewards(problems, y1)
-    r2 = self.task.rewards(problems, y2)
-    episode = layout((prompt_BP, prompt_valid_BP), (tok1, val1), (extra_BI, extra_valid_BI),
-                     (tok2, val2), r1, r2, logp1, logp2)
-    return RolloutResult(episode, list(problems), y1, y2, truncated,
+    keys = [rng1, rng2] + [jax.random.fold_in(rng, t) for t in range(3, A + 1)]
+    segments: list[Segment] = [(prompt_BP, prompt_valid_BP)]   # the context so far
+    attempts, extras, logps, texts = [], [], [], []
+    cache, cache_params, fed, done_B = None, None, 0, None
+    for t in range(1, A + 1):
+      budget = lengths.turn1 if t == 1 else lengths.turn2
+      if t > 1:
+        extras.append(self.extra_chunk(done_B))
+        segments.append(extras[-1])
+      if t <= len(given):
+        attempt, kept = self.encode_attempt(given[t - 1], budget)
+        attempts.append(attempt)
+        texts.append(kept)
+        logps.append(None)
+        segments.append(attempt)
+        done_B = np.ones(len(problems), bool)   # every given attempt ends its turn
+        continue
+      params = params1 if t == 1 else params2
+      if cache is None or cache_params is not params:
+        # A fresh cache (or another policy's: it cannot be reused) reads the whole context.
+        cache, fed = None, 0
+      chunk = segments[fed:]
+      input_BC = np.concatenate([tokens for tokens, _ in chunk], axis=1)
+      input_valid_BC = np.concatenate([valid for _, valid in chunk], axis=1)
+      out = sampler_lib.generate(
+          self.graphdef, params, put(input_BC), put(input_valid_BC), max_new_tokens=budget,
+          method=method, rng=keys[t - 1], stop_ids=self.stop_ids, pad_id=self.pad_id,
+          cache=cache, max_cache_len=None if cache is not None else lengths.total)
+      tokens, valid, done_B = get(out.tokens_BS), get(out.valid_BS), get(out.done_B)
+      attempts.append((tokens, valid))
+      logps.append(get(out.logprobs_BS).astype(np.float32))
+      texts.append(self.decode(tokens, valid))
+      segments.append((tokens, valid))
+      cache, cache_params, fed = out.cache, params, len(segments)
+    rewards = [self.task.rewards(problems, y) for y in texts]
+    episode = layout((prompt_BP, prompt_valid_BP), attempts, extras, rewards, logps)
+    for t in range(1, len(given) + 1):        # given attempts are context, not trained
+      episode = episode.without_attempt(t)
+    return RolloutResult(episode, list(problems), texts, truncated,
                          split=split if process_local else None)
 
 
-def demonstration_episode(two_turn: TwoTurnSampler, problems: Sequence[base.Problem],
-                          attempts1: Sequence[str], attempts2: Sequence[str],
-                          ) -> Episode:
-  """An Episode from given texts (for supervised warm-up, STaR and Pair-SFT data).
+TwoTurnSampler = MultiTurnSampler   # the name the two-attempt code used
+
+
+def demonstration_episode(sampler: MultiTurnSampler, problems: Sequence[base.Problem],
+                          *attempts: Sequence[str]) -> Episode:
+  """An Episode from given texts, one list per attempt (for supervised warm-up, STaR and
+  Pair-SFT data): `demonstration_episode(sampler, problems, y1s, y2s, ...)`.
 
   Texts are tokenised and laid out exactly like sampled episodes; each attempt ends with the
   end-of-turn token. An attempt longer than its budget keeps its first (budget - 1) tokens
   and still ends with end-of-turn, and the task grades the text that was kept.
   """
-  lengths, tok = two_turn.lengths, two_turn.tokenizer
-  prompt_BP, prompt_valid_BP, _ = two_turn.encode_prompts(problems)
-
-  def right_pad(texts, length):
-    tokens = np.full((len(texts), length), two_turn.pad_id, np.int32)
-    valid = np.zeros((len(texts), length), bool)
-    kept = []
-    for i, text in enumerate(texts):
-      ids = tok.encode(text)
-      if len(ids) >= length:
-        ids = ids[:length - 1]
-        text = tok.decode(ids, skip_special=True)
-      ids = ids + [two_turn.eot_id]
-      tokens[i, :len(ids)], valid[i, :len(ids)] = ids, True
-      kept.append(text)
-    return (tokens, valid), kept
-
-  turn1, kept1 = right_pad(attempts1, lengths.turn1)
-  turn2, kept2 = right_pad(attempts2, lengths.turn2)
-  done1 = np.ones(len(problems), bool)  # every demonstration attempt ends with end_of_turn
-  return layout((prompt_BP, prompt_valid_BP), turn1, two_turn.extra_chunk(done1), turn2,
-                two_turn.task.rewards(problems, kept1), two_turn.task.rewards(problems, kept2))
+  lengths = sampler.lengths
+  if len(attempts) != lengths.attempts:
+    raise ValueError(f"demonstration_episode: {len(attempts)} attempt lists for a sampler of "
+                     f"{lengths.attempts} attempts (config.rollout.num_attempts)")
+  prompt_BP, prompt_valid_BP, _ = sampler.encode_prompts(problems)
+  segments, kept = [], []
+  for t, texts in enumerate(attempts, start=1):
+    segment, kept_t = sampler.encode_attempt(texts, lengths.turn1 if t == 1 else lengths.turn2)
+    segments.append(segment)
+    kept.append(kept_t)
+  done = np.ones(len(problems), bool)  # every demonstration attempt ends with end_of_turn
+  extras = [sampler.extra_chunk(done) for _ in range(lengths.attempts - 1)]
+  return layout((prompt_BP, prompt_valid_BP), segments, extras,
+                [sampler.task.rewards(problems, k) for k in kept])
 
 
 def without_turn1_training(result: RolloutResult) -> RolloutResult:
   """The same rollouts with no y1 token trained (first attempts from another policy)."""
-  episode = result.episode._replace(turn1_mask_BT=np.zeros_like(result.episode.turn1_mask_BT))
-  return dataclasses.replace(result, episode=episode)
+  return dataclasses.replace(result, episode=result.episode.without_attempt(1))

@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from score_jax.model import transformer as model_lib
 from score_jax.rl import losses
 from score_jax.rl import objectives
+from score_jax.rl import scoring
 from score_jax.rl.episode import Episode
 
 
@@ -178,7 +179,7 @@ def _accumulate(loss_fn: Callable, params, batch: Any, micro_batches: int):
 
 
 def _logprobs(graphdef, params_list: tuple[Any, ...], episode: Episode,
-              micro_batches: int) -> tuple[jax.Array, ...]:
+              micro_batches: int, logit_chunk: int = 0) -> tuple[jax.Array, ...]:
   """Gradient-free per-token log-probs [B, T] of `episode` under each params, computed one
   micro-batch at a time (their [b, T, V] logits never exist for the whole batch).
 
@@ -189,8 +190,9 @@ def _logprobs(graphdef, params_list: tuple[Any, ...], episode: Episode,
   def score(params_list, mb):
     out = []
     for params in params_list:
-      logits_BTV, _ = model_lib.forward(graphdef, params, mb.tokens_BT, mb.valid_BT)
-      out.append(jax.lax.stop_gradient(losses.token_logprobs(logits_BTV, mb.tokens_BT)))
+      logp_BT, _ = scoring.sequence_stats(graphdef, params, mb.tokens_BT, mb.valid_BT,
+                                          chunk=logit_chunk)
+      out.append(jax.lax.stop_gradient(logp_BT))
     return tuple(out)
 
   if micro_batches == 1:
@@ -202,7 +204,8 @@ def _logprobs(graphdef, params_list: tuple[Any, ...], episode: Episode,
 
 def make_rl_step(graphdef: Any, optimizer: optax.GradientTransformation,
                  loss_cfg: losses.LossConfig, micro_batches: int = 1,
-                 shardings: tuple[Any, Any] | None = None) -> Callable:
+                 shardings: tuple[Any, Any] | None = None, logit_chunk: int = 0
+                 ) -> Callable:
   """Jitted `step(params, opt_state, ref_params, episode) -> (params, opt_state, metrics)`.
 
   `episode` is the rollout's Episode (arrays with a leading batch dimension); `shardings`
@@ -212,30 +215,34 @@ def make_rl_step(graphdef: Any, optimizer: optax.GradientTransformation,
        micro-batch;
     2. computes the stage's per-token weights over the WHOLE batch (`objectives`);
     3. sums each micro-batch's share of the loss and its gradient; clips and applies.
+  `logit_chunk` > 0 projects to the vocabulary that many positions at a time (memory only;
+  see `score_jax.rl.scoring`).
   """
 
   def loss_fn(params, mb):
     episode, weights, ref_logp_BT, monitor_BT = mb
-    logits_BTV, _ = model_lib.forward(graphdef, params, episode.tokens_BT, episode.valid_BT)
-    logp_BT = losses.token_logprobs(logits_BTV, episode.tokens_BT)
+    logp_BT, entropy_BT = scoring.sequence_stats(graphdef, params, episode.tokens_BT,
+                                                 episode.valid_BT, chunk=logit_chunk,
+                                                 entropy=True)
     loss, metrics = objectives.weighted_loss(logp_BT, ref_logp_BT, weights,
                                              loss_cfg.kl_estimator)
-    entropy_BT = jax.lax.stop_gradient(losses.token_entropy(logits_BTV))
     metrics = dict(metrics)
-    metrics["entropy_t1"] = jnp.sum(weights.t1.token_BT * entropy_BT)
-    metrics["entropy_t2"] = jnp.sum(weights.t2.token_BT * entropy_BT)
+    for t, w in enumerate(weights, start=1):
+      metrics[f"entropy_t{t}"] = jnp.sum(w.token_BT * entropy_BT)
     metrics["sampler_logp_gap"] = jnp.sum(
         monitor_BT * jnp.abs(jax.lax.stop_gradient(logp_BT) - episode.sampler_logprobs_BT))
     return loss, metrics
 
   def step(params, opt_state, ref_params, episode):
     if loss_cfg.kl_mode == "reward":
-      ref_logp_BT, logp_BT = _logprobs(graphdef, (ref_params, params), episode, micro_batches)
+      ref_logp_BT, logp_BT = _logprobs(graphdef, (ref_params, params), episode, micro_batches,
+                                       logit_chunk)
       sums = objectives.kl_sums(logp_BT, ref_logp_BT, episode, loss_cfg.kl_estimator)
     else:
-      (ref_logp_BT,), sums = _logprobs(graphdef, (ref_params,), episode, micro_batches), None
+      (ref_logp_BT,), sums = _logprobs(graphdef, (ref_params,), episode, micro_batches,
+                                       logit_chunk), None
     weights, row_metrics = objectives.token_weights(episode, loss_cfg, sums)
-    monitor_BT = objectives.normaliser(episode.turn1_mask_BT | episode.turn2_mask_BT, "token")
+    monitor_BT = objectives.normaliser(episode.trained_BT, "token")
     loss, grads, metrics = _accumulate(loss_fn, params,
                                        (episode, weights, ref_logp_BT, monitor_BT),
                                        micro_batches)
@@ -247,28 +254,28 @@ def make_rl_step(graphdef: Any, optimizer: optax.GradientTransformation,
 
 
 def make_sft_step(graphdef: Any, optimizer: optax.GradientTransformation,
-                  micro_batches: int = 1, shardings: tuple[Any, Any] | None = None
-                  ) -> Callable:
-  """Jitted supervised step: mean negative log-likelihood of the y1 and y2 tokens.
+                  micro_batches: int = 1, shardings: tuple[Any, Any] | None = None,
+                  logit_chunk: int = 0) -> Callable:
+  """Jitted supervised step: mean negative log-likelihood of every attempt's tokens.
 
     L(theta) = - sum_{b,t} m_bt log pi_theta(tok_bt | tok_b,<t) / sum_{b,t} m_bt,
-    m = turn1_mask | turn2_mask, normalised over the whole batch (exact under
-    micro-batching, like the RL step).
+    m = the trained tokens of every attempt (`Episode.trained_BT`), normalised over the
+    whole batch (exact under micro-batching, like the RL step). Logs nll_t<t> per attempt.
   """
 
   def loss_fn(params, mb):
-    episode, w_BT, w1_BT, w2_BT = mb
-    logits_BTV, _ = model_lib.forward(graphdef, params, episode.tokens_BT, episode.valid_BT)
-    logp_BT = losses.token_logprobs(logits_BTV, episode.tokens_BT)
+    episode, w_BT, *w_t_BT = mb
+    logp_BT, _ = scoring.sequence_stats(graphdef, params, episode.tokens_BT, episode.valid_BT,
+                                        chunk=logit_chunk)
     loss = -jnp.sum(w_BT * logp_BT)
-    return loss, {"nll_t1": -jnp.sum(w1_BT * jax.lax.stop_gradient(logp_BT)),
-                  "nll_t2": -jnp.sum(w2_BT * jax.lax.stop_gradient(logp_BT))}
+    return loss, {f"nll_t{t}": -jnp.sum(w * jax.lax.stop_gradient(logp_BT))
+                  for t, w in enumerate(w_t_BT, start=1)}
 
   def step(params, opt_state, ref_params, episode):
     del ref_params
     weights = tuple(objectives.normaliser(mask_BT, "token") for mask_BT in (
-        episode.turn1_mask_BT | episode.turn2_mask_BT, episode.turn1_mask_BT,
-        episode.turn2_mask_BT))
+        episode.trained_BT,
+        *(episode.mask(t) for t in range(1, episode.num_attempts + 1))))
     loss, grads, metrics = _accumulate(loss_fn, params, (episode,) + weights, micro_batches)
     params, opt_state, grad_norm, skipped = _apply(optimizer, params, opt_state, grads, loss)
     return params, opt_state, dict(metrics, loss=loss, grad_norm=grad_norm, skipped=skipped)

@@ -2,32 +2,25 @@
 
 `score_jax.sandbox` starts `python -I -S -B -X utf8 -c BOOTSTRAP JOB STATUS_FD` inside
 bubblewrap, where JOB is a file holding `marshal.dumps((driver code, job))`: the bootstrap
-execs this file's code object (compiled once on the host, which saves compiling it in every
-run) as `__main__`, and this driver
+execs this file's code object (compiled once on the host) as `__main__`, and this driver
 
-1. reads the job dict (program, tests, token, rlimits, sys.path additions) from JOB and
-   deletes the file, so the program under test cannot read the pass token from disk;
+1. reads the job dict (program, rlimits, sys.path additions; with tests, the codec's code,
+   the fd of its socket to the verifier and the names the tests take from the program) and
+   deletes the file;
 2. lowers its rlimits (address space, CPU, file size, open files, processes; the sandbox runs
    in its own user namespace, so the process limit counts only the sandbox's processes);
 3. writes one byte to STATUS_FD and closes it ("the sandbox started"; the host tells a
    sandbox that failed to start from a program that failed);
-4. runs the program as `__main__`; with tests (`run_tests`), runs the tests (a code object
-   compiled on the host from the rewritten asserts, see `score_jax.sandbox.asserts`) in a
-   *copy* of the program's globals that also holds the guard functions below, then writes the
-   per-run token to stdout and exits 0 at once.
+4. runs the program as `__main__` (an uncaught exception: traceback, exit status 1);
+5. with tests (`run_tests`), serves the verifier (`score_jax.sandbox.verifier`) over the
+   socket: it sends the values of the requested names, then answers calls, attribute reads
+   and writes on them, with results encoded by `score_jax.sandbox.codec` (plain data, or a
+   handle for any other object), and exits when the verifier closes the socket.
 
-The guards compare, compute and test the truth of *normalised* values: rebuilt from exact
-builtin types (see `normalise`), so that no method of the program's classes takes part; a
-value that contains anything else only passes a comparison with a value of its own type.
-This defeats objects whose `__eq__` always returns True (and subclasses of int, str, ...
-that override it), while a Counter still equals the dict it counts.
-
-Limits: the program shares this interpreter, so one that uses introspection (walks frames
-or gc objects to find the token or the guards, or sets a tracer from inside a call made by
-a test) can still subvert the checks; patched builtins, `os._exit`, exits, excepthooks and
-tracers set at import time cannot. Tests run in a copy of the program's globals: a test
-that reads a global which the program's functions rebind sees the value from before the
-tests (no MBPP or HumanEval test does).
+Nothing here decides a verdict: the tests run in the verifier, on the host side, which only
+ever receives plain data from this process. A program that patches this driver, the codec,
+builtins or the socket can only change the values it answers with, which it could have
+returned anyway; one that exits, hangs or sends garbage fails its tests.
 """
 
 import builtins
@@ -36,186 +29,8 @@ import os
 import resource
 import sys
 
-# The program may patch `builtins` (exec, dict, isinstance, ...) or `os._exit`: the driver
-# looks builtins up in its own globals, bound here before the program runs.
-globals().update({k: v for k, v in vars(builtins).items() if not k.startswith("__")})
 _os_exit = os._exit  # pylint: disable=protected-access
-_modules = sys.modules
-_settrace, _setprofile = sys.settrace, sys.setprofile
 _type = type
-_len = len
-_issubclass = issubclass
-_write = os.write
-_Py_TPFLAGS_IMMUTABLETYPE = 1 << 8   # static (C) types, whose methods cannot be patched
-
-# Types are looked up by id: a metaclass can make `cls == int` or `hash(cls)` say anything.
-_SCALARS = {id(t) for t in (_type(None), bool, int, float, complex, str, bytes, range, slice,
-                            _type(Ellipsis), _type(NotImplemented), type, _type(len),
-                            _type(lambda: 0))}
-# Subclasses of these builtins are converted to the builtin by C-level methods that a
-# subclass cannot override (so an `int` subclass with `__eq__ = lambda *a: True` compares
-# as its integer value).
-_TO_BUILTIN = ((int, int.__index__), (float, float.__float__), (str, str.__str__),
-               (bytes, bytes.__bytes__), (complex, complex.__complex__))
-_KEYS, _VALUES, _ITEMS = _type({}.keys()), _type({}.values()), _type({}.items())
-_BUILTIN_BASES = (int, float, str, bytes, complex, list, tuple, dict, set, frozenset,
-                  bytearray, _KEYS, _VALUES, _ITEMS)
-_TRUSTED = {}       # id -> kind of C types of stdlib modules (deque, OrderedDict, ...)
-
-
-class Opaque(Exception):
-  """A value that is not made of builtin types."""
-
-
-def _trusted(t):
-  """The kind of a C-implemented stdlib type ("seq", "map", "scalar") or None."""
-  if not _TRUSTED.get("_done"):
-    collections, decimal = _modules.get("collections"), _modules.get("decimal")
-    found = []
-    if collections is not None:
-      found += [(getattr(collections, "deque", None), "seq"),
-                (getattr(collections, "OrderedDict", None), "map"),
-                (getattr(collections, "defaultdict", None), "map")]
-    if decimal is not None:
-      found.append((getattr(decimal, "Decimal", None), "scalar"))
-    for cls, kind in found:
-      # Only static types: a class the program defined (or patched in) never qualifies.
-      if _type(cls) is type and cls.__flags__ & _Py_TPFLAGS_IMMUTABLETYPE:
-        _TRUSTED[id(cls)] = kind
-    _TRUSTED["_done"] = collections is not None and decimal is not None
-  return _TRUSTED.get(id(t))
-
-
-def normalise(v):
-  """`v` rebuilt from exact builtin types; raises Opaque for any other object inside.
-
-  Subclasses of builtins become the builtin (by C-level copies that ignore overridden
-  methods; a namedtuple becomes a tuple, a Counter a dict), dict key / item views become
-  sets and value views lists. OrderedDict, defaultdict, deque and Decimal are kept.
-  Cyclic containers raise RecursionError (the assert then fails).
-  """
-  t = _type(v)
-  if id(t) in _SCALARS:
-    return v
-  if t is list:
-    return [normalise(x) for x in v]
-  if t is tuple:
-    return tuple(normalise(x) for x in v)
-  if t is dict:
-    return {normalise(k): normalise(x) for k, x in dict.items(v)}
-  if t is set:
-    return {normalise(x) for x in v}
-  if t is frozenset:
-    return frozenset(normalise(x) for x in v)
-  if t is bytearray:
-    return bytearray(v)
-  kind = _trusted(t)
-  if kind == "scalar":
-    return v
-  if kind == "seq":
-    return t(normalise(x) for x in v)
-  if kind == "map":
-    out = t()
-    out.update((normalise(k), normalise(x)) for k, x in v.items())
-    return out
-  if t is _KEYS or t is _ITEMS:
-    return {normalise(x) for x in v}
-  if t is _VALUES:
-    return [normalise(x) for x in v]
-  for base, to_builtin in _TO_BUILTIN:
-    if _issubclass(t, base):
-      return to_builtin(v)
-  if _issubclass(t, list):
-    return normalise(list.copy(v))
-  if _issubclass(t, tuple):
-    return normalise(tuple.__getitem__(v, slice(None)))
-  if _issubclass(t, dict):
-    return normalise(dict.copy(v))
-  if _issubclass(t, set):
-    return normalise(set.copy(v))
-  if _issubclass(t, frozenset):
-    return normalise(frozenset.copy(v))
-  raise Opaque(t)
-
-
-def _builtin_based(t) -> bool:
-  return (id(t) in _SCALARS or _trusted(t) is not None
-          or _issubclass(t, _BUILTIN_BASES))
-
-
-def _pair(a, b):
-  """(a, b) normalised, or unchanged if both are of one non-builtin class; else fails."""
-  try:
-    return normalise(a), normalise(b)
-  except Opaque as e:
-    inner = e.args[0]
-  except RecursionError:
-    raise AssertionError("type check failed: value nested too deeply (or cyclic)") from None
-  t = _type(a)
-  if t is _type(b) and not _builtin_based(t):
-    return a, b                    # e.g. two instances of a class of the program
-  raise AssertionError(
-      f"type check failed: {_name(_type(a))} vs {_name(_type(b))} holding a {_name(inner)} "
-      "(values must be made of builtin types, or both be of one class)")
-
-
-def _name(t) -> str:
-  return f"{t.__module__}.{t.__qualname__}"
-
-
-_COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b,
-            "<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
-            ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
-            "is": lambda a, b: a is b, "is not": lambda a, b: a is not b,
-            "in": lambda a, b: a in b, "not in": lambda a, b: a not in b}
-_BINARY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-           "/": lambda a, b: a / b, "//": lambda a, b: a // b, "%": lambda a, b: a % b,
-           "**": lambda a, b: a ** b, "@": lambda a, b: a @ b, "<<": lambda a, b: a << b,
-           ">>": lambda a, b: a >> b, "&": lambda a, b: a & b, "|": lambda a, b: a | b,
-           "^": lambda a, b: a ^ b}
-_UNARY = {"-": lambda a: -a, "+": lambda a: +a, "~": lambda a: ~a}
-
-
-def guard_compare(ops, *operands) -> bool:
-  """`operands[0] ops[0] operands[1] ...` (a chain) on type-checked, normalised operands.
-
-  All operands are already evaluated (a chain loses Python's lazy evaluation of the later
-  operands; the result is the same for side-effect-free tests). `is` compares the objects.
-  """
-  for i, op in enumerate(ops):
-    a, b = operands[i], operands[i + 1]
-    if op not in ("is", "is not"):
-      a, b = _pair(a, b)
-    if not _COMPARE[op](a, b):
-      return False
-  return True
-
-
-def guard_binop(op, a, b):
-  """`a op b` on operands checked and normalised as in `guard_compare`."""
-  a, b = _pair(a, b)
-  return _BINARY[op](a, b)
-
-
-def _single(a, what):
-  try:
-    return normalise(a)
-  except (Opaque, RecursionError):
-    raise AssertionError(f"type check failed: {what} a {_type(a).__qualname__}") from None
-
-
-def guard_unary(op, a):
-  """`op a` for a value made of builtins only."""
-  return _UNARY[op](_single(a, f"unary {op} on"))
-
-
-def guard_truth(value):
-  """`value` normalised (so that its truth is that of builtins), else fails."""
-  return _single(value, "assert on")
-
-
-GUARDS = {"__score_compare__": guard_compare, "__score_binop__": guard_binop,
-          "__score_unary__": guard_unary, "__score_truth__": guard_truth}
 
 
 def _set_limits(limits):
@@ -236,7 +51,7 @@ def _report(exc, sources):
   import linecache  # pylint: disable=import-outside-toplevel
   import traceback  # pylint: disable=import-outside-toplevel
   for filename, source in sources.items():
-    linecache.cache[filename] = (_len(source), None, source.splitlines(True), filename)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
   _flush()
   try:
     traceback.print_exception(_type(exc), exc, exc.__traceback__.tb_next)
@@ -246,13 +61,106 @@ def _report(exc, sources):
   _os_exit(1)
 
 
-def _execute(code, namespace, sources):
-  try:
-    exec(code, namespace)  # pylint: disable=exec-used
-  except SystemExit:
-    raise
-  except BaseException as exc:  # pylint: disable=broad-except
-    _report(exc, sources)
+class _Forced:
+  """Wraps a value that must go as a handle (it is too big, too deep or cyclic to encode)."""
+
+  def __init__(self, value):
+    self.value = value
+
+
+class _Server:
+  """Answers the verifier's requests on `fd` (built before the program runs).
+
+  Everything it uses is bound here, before the program runs, so that an honest program that
+  rebinds builtins (`any`, `len`, ...) is still served faithfully.
+  """
+
+  def __init__(self, fd, codec_code):
+    # The codec gets a private copy of the builtins: rebinding `builtins.len` (say) later
+    # does not change how it frames, encodes or decodes.
+    codec = {"__name__": "score_jax_codec", "__builtins__": dict(vars(builtins))}
+    exec(codec_code, codec)  # pylint: disable=exec-used
+    self.encode, self.decode = codec["Encoder"](), codec["decode"]
+    self.frame, self.info = codec["frame"], codec["exception_info"]
+    self.names = codec["exception_names"]()
+    self.fd, self.objects, self.ids = fd, [], {}
+    self.read, self.write, self.len, self.min, self.id = os.read, os.write, len, min, id
+    self.from_bytes, self.join, self.flush = int.from_bytes, b"".join, _flush
+    self.getattr, self.setattr, self.type = getattr, setattr, _type
+    self.mutable = (list, dict, set, bytearray)
+    self.BaseException, self.Forced = BaseException, _Forced
+
+  def handle(self, obj) -> int:
+    if self.type(obj) is self.Forced:
+      obj = obj.value
+    key = self.id(obj)
+    if key not in self.ids:
+      self.ids[key] = self.len(self.objects)
+      self.objects.append(obj)          # keeps obj alive, so its id stays unique
+    return self.ids[key]
+
+  def send(self, *attempts) -> None:
+    """Sends the first of `attempts` that encodes (later ones force handles)."""
+    for message in attempts:
+      try:
+        payload = self.encode(message, self.handle)
+        break
+      except self.BaseException:  # pylint: disable=broad-except
+        continue
+    data = self.frame(payload)
+    while data:
+      data = data[self.write(self.fd, data):]
+
+  def recv(self):
+    head = self._exactly(4)
+    if head is None:
+      return None
+    body = self._exactly(self.from_bytes(head, "little"))
+    return None if body is None else self.decode(body, self.objects.__getitem__)
+
+  def _exactly(self, n):
+    parts, left = [], n
+    while left:
+      chunk = self.read(self.fd, self.min(left, 1 << 20))
+      if not chunk:
+        return None
+      parts.append(chunk)
+      left -= self.len(chunk)
+    return self.join(parts)
+
+  def serve(self, namespace, names) -> None:
+    """Sends the values of `names`, then answers requests until the socket closes."""
+    self.flush()
+    found = {n: namespace[n] for n in names if n in namespace}
+    self.send(("ready", found, None),
+              ("ready", {n: self.Forced(v) for n, v in found.items()}, None))
+    while True:
+      request = self.recv()
+      if request is None:
+        return
+      kind, target, args = request[0], self.objects[request[1]], None
+      try:
+        if kind == "call":
+          args, kwargs = request[2], request[3]
+          result = target(*args, **kwargs)
+        elif kind == "getattr":
+          result = self.getattr(target, request[2])
+        elif kind == "setattr":
+          result = self.setattr(target, request[2], request[3])
+        else:
+          return
+      except self.BaseException as exc:  # pylint: disable=broad-except
+        self.flush()
+        self.send(("raise", self.info(exc, names=self.names), None))
+        continue
+      self.flush()
+      post = None
+      if args is not None:
+        for a in (*args, *kwargs.values()):
+          if self.type(a) in self.mutable:
+            post = (args, kwargs)           # arguments the call may have changed in place
+            break
+      self.send(("return", result, post), ("return", self.Forced(result), None))
 
 
 def main(argv):
@@ -264,9 +172,11 @@ def main(argv):
   _set_limits(job["limits"])
   sys.path.extend(job["sys_path"])
   sys.argv = ["program.py"]
-  _write(status_fd, b"S")
+  serve = job.get("serve")
+  server = _Server(serve["fd"], serve["codec"]) if serve else None
+  os.write(status_fd, b"S")
   os.close(status_fd)
-  token, tests, program = job["token"], job["tests"], job["program"]
+  program = job["program"]
   del job
   sources = {"program.py": program}
   module = _type(sys)("__main__")     # the program runs as a real __main__ module
@@ -278,17 +188,19 @@ def main(argv):
   except SyntaxError as exc:
     _report(exc, sources)
   del program
-  _execute(code, namespace, sources)
-  if tests is None:
+  try:
+    exec(code, namespace)  # pylint: disable=exec-used
+  except SystemExit:
+    raise
+  except BaseException as exc:  # pylint: disable=broad-except
+    _report(exc, sources)
+  if server is None:
     return
-  test_code, sources["tests.py"] = tests
-  _settrace(None)                     # a tracer set by the program could skip test lines
-  _setprofile(None)
-  test_namespace = dict(namespace)
-  test_namespace.update(GUARDS)
-  _execute(test_code, test_namespace, sources)
+  try:
+    server.serve(namespace, serve["names"])
+  except BaseException:  # pylint: disable=broad-except
+    pass
   _flush()
-  _write(1, token.encode() + b"\n")
   _os_exit(0)
 
 

@@ -6,10 +6,11 @@
 One isolated process per program (see `score_jax.sandbox.bwrap` for the isolation and
 `score_jax.sandbox.driver` for what runs inside): no network, read-only system, private
 size-limited tmpfs, rlimits, a dedicated uid per pool slot (as root), wall-clock kill of the
-whole sandbox, stdout/stderr read incrementally and capped. `run_tests` passes only if the
-process exits 0 *and* prints a per-run random token that the driver writes after the last
-test (so `os._exit(0)` / `sys.exit(0)` before the asserts fails), and asserted values are
-type-checked before they are compared (`score_jax.sandbox.asserts`).
+whole sandbox, stdout/stderr read incrementally and capped. `run` passes if the program
+exits 0. `run_tests` never asks the sandbox for a verdict: the tests run in the slot's
+trusted verifier process (`score_jax.sandbox.judge`, `verifier`), which calls the program's
+functions in the sandbox over a socket and gets plain data back (`codec`); the verdict is
+the verifier's, whatever the sandboxed process prints or exits with.
 
 If bubblewrap is missing or cannot create its namespaces, this raises
 `SandboxUnavailableError` with the reason: code is never run unsandboxed.
@@ -30,16 +31,18 @@ import marshal
 import os
 import pwd
 import queue
-import secrets
-import selectors
 import signal
+import socket
 import subprocess
 import threading
 import time
 from typing import Sequence
 
-from score_jax.sandbox import asserts
 from score_jax.sandbox import bwrap
+from score_jax.sandbox import judge as judge_lib
+from score_jax.sandbox import streams as streams_lib
+from score_jax.sandbox import testcode
+from score_jax.sandbox import cgroups as sandbox_cgroups
 from score_jax.sandbox.bwrap import Limits, SandboxUnavailableError
 
 __all__ = ["ExecResult", "Limits", "SandboxPool", "SandboxUnavailableError", "run",
@@ -54,11 +57,13 @@ class ExecResult:
 
   Attributes:
     passed: `status == "passed"`.
-    status: "passed" (exit 0, and for `run_tests` the pass token was printed), "failed"
-      (non-zero exit, an assert or type check failed, or exit 0 before the tests ended),
-      "timeout" (wall-clock or CPU limit) or "error" (stopped by the sandbox: output cap).
-    stdout: captured stdout (at most `Limits.output_bytes`; the pass token removed).
-    stderr: captured stderr (same cap).
+    status: "passed" (`run`: exit 0; `run_tests`: the verifier passed every test), "failed"
+      (non-zero exit, the program did not run to its end, a test failed), "timeout"
+      (wall-clock or CPU limit) or "error" (stopped by the sandbox: output cap; the
+      verifier died).
+    stdout: captured stdout (at most `Limits.output_bytes`).
+    stderr: captured stderr (same cap); for a failed test, the verifier's traceback of the
+      test code follows.
     returncode: the sandbox's exit status; negative when the host killed it (-9).
     elapsed_s: wall-clock seconds, sandbox start-up included.
     reason: one line saying why it did not pass ("" if it passed).
@@ -113,37 +118,60 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def _execute(lay: bwrap.Layout, limits: Limits, uid: int, program: str,
-             tests: tuple | None) -> ExecResult:
-  """One sandboxed run of `program` (then `tests`, a (code, source) pair, if given)."""
-  token = secrets.token_hex(16) if tests is not None else None
+             tests: testcode.Tests | None, cgroup: sandbox_cgroups.Slot | None = None,
+             judge: judge_lib.Judge | None = None) -> ExecResult:
+  """One sandboxed run of `program` (and with `tests`, the slot's `judge` runs them)."""
+  serve = sock = None
+  if tests is not None:
+    sock, judge_sock = socket.socketpair()
+    serve = {"fd": sock.fileno(), "codec": judge_lib.CODEC_CODE, "names": list(tests.names)}
+    try:
+      judge.submit(tests, judge_sock)
+    except BaseException:
+      sock.close()
+      raise
+    finally:
+      judge_sock.close()
   job = marshal.dumps((bwrap.DRIVER_CODE, {
-      "program": program, "tests": tests, "token": token, "limits": limits.rlimits(),
+      "program": program, "serve": serve, "limits": limits.rlimits(),
       "sys_path": list(lay.sys_path)}))
   job_fd = os.memfd_create("score_jax_sandbox_job")
   status_r, status_w = os.pipe()
+  seccomp_fd = bwrap.seccomp_fd()
   try:
     os.write(job_fd, job)
     os.lseek(job_fd, 0, os.SEEK_SET)
     gid = uid if lay.as_root else os.getgid()
     cmd = bwrap.bwrap_command(lay, limits, uid=uid, gid=gid, job_fd=job_fd,
-                                      status_fd=status_w)
+                                      status_fd=status_w, seccomp_fd=seccomp_fd)
+    if cgroup is not None:
+      cgroup.prepare(limits.memory_mb << 20, limits.processes + sandbox_cgroups.PIDS_OVERHEAD)
     start = time.monotonic()
     try:
       proc = subprocess.Popen(
           cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-          pass_fds=(job_fd, status_w), start_new_session=True, env={"PATH": "/usr/bin:/bin"},
-          preexec_fn=bwrap.preexec(lay, uid, limits) if lay.as_root else None)
+          pass_fds=(job_fd, status_w, seccomp_fd) + ((sock.fileno(),) if sock else ()),
+          start_new_session=True,
+          env={"PATH": "/usr/bin:/bin"}, preexec_fn=bwrap.preexec(lay, uid, limits, cgroup))
     except (OSError, subprocess.SubprocessError) as e:
       os.close(status_r)
+      if judge is not None:
+        judge.kill()
       raise SandboxUnavailableError(
           f"could not start bwrap ({e}); as root the sandbox needs CAP_SYS_ADMIN for a "
           "private mount namespace and CAP_SETUID to drop to the worker uid") from e
   finally:
     os.close(job_fd)
     os.close(status_w)
+    os.close(seccomp_fd)
+    if sock is not None:
+      sock.close()
   with proc:
-    streams, started, timed_out, overflow = _collect(proc, status_r, start, limits)
+    streams, started, timed_out, overflow, verdict = streams_lib.collect(
+        proc, status_r, start, limits, judge, _kill)
     returncode = proc.returncode
+  # Kills whatever of the run is left in its cgroup; reads OOM kills and the peak.
+  usage = cgroup.finish() if cgroup is not None else None
   elapsed = time.monotonic() - start
   stdout, stderr = (s.decode("utf-8", "replace") for s in streams)
   if not (started or timed_out or overflow):
@@ -152,64 +180,32 @@ def _execute(lay: bwrap.Layout, limits: Limits, uid: int, program: str,
         "bubblewrap needs user namespaces (sysctl user.max_user_namespaces > 0, and "
         "kernel.unprivileged_userns_clone=1 where that exists); a too small memory_mb also "
         "stops Python from starting")
-  if token is not None:
-    passed_token = token + "\n" in stdout
-    stdout = stdout.replace(token + "\n", "")
-  else:
-    passed_token = True
+  if verdict and verdict["traceback"]:
+    stderr += verdict["traceback"]
   if timed_out:
     status, reason = "timeout", f"wall-clock limit of {limits.timeout_s:g} s"
   elif overflow:
     status, reason = "error", f"output over the {limits.output_bytes} byte cap"
+  elif tests is not None and verdict is not None and verdict["passed"]:
+    status, reason = "passed", ""
+  elif usage is not None and usage.oom_kills and returncode in (128 + signal.SIGKILL,
+                                                               -signal.SIGKILL):
+    status, reason = "failed", f"out of memory (the run's processes over {limits.memory_mb} MiB)"
   elif returncode in (128 + signal.SIGXCPU, 128 + signal.SIGKILL):
     # The driver is pid 1 of its namespace: only the kernel can kill it, here at the hard
     # RLIMIT_CPU (an OOM kill would look the same; RLIMIT_AS makes that unlikely).
     status, reason = "timeout", "CPU time limit"
-  elif returncode == 0 and passed_token:
+  elif tests is None and returncode == 0:
     status, reason = "passed", ""
-  elif returncode == 0:
-    status, reason = "failed", "exited 0 before the tests finished (no pass token)"
+  elif tests is not None and verdict is None:
+    status, reason = "error", "the verifier gave no verdict (it died or hung; restarted)"
+  elif tests is not None and verdict["ready"]:
+    status, reason = "failed", verdict["reason"]
+  elif tests is not None and returncode == 0:
+    status, reason = "failed", "the program exited before the tests ran"
   else:
     status, reason = "failed", f"exit status {returncode}"
   return ExecResult(status == "passed", status, stdout, stderr, returncode, elapsed, reason)
-
-
-def _collect(proc: subprocess.Popen, status_r: int, start: float, limits: Limits):
-  """Reads stdout/stderr (capped) and the status pipe until exit or the deadline."""
-  deadline = start + limits.timeout_s
-  out, err, status = bytearray(), bytearray(), bytearray()
-  buffers = {proc.stdout.fileno(): out, proc.stderr.fileno(): err, status_r: status}
-  timed_out = overflow = False
-  with selectors.DefaultSelector() as sel:
-    for fd in buffers:
-      sel.register(fd, selectors.EVENT_READ)
-    try:
-      while sel.get_map() and not overflow:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-          timed_out = True
-          break
-        for key, _ in sel.select(remaining):
-          chunk = os.read(key.fd, 65536)
-          if not chunk:
-            sel.unregister(key.fd)
-            continue
-          buf = buffers[key.fd]
-          buf += chunk
-          if key.fd != status_r and len(out) + len(err) > limits.output_bytes:
-            overflow = True
-      if not (timed_out or overflow):
-        try:
-          proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
-        except subprocess.TimeoutExpired:
-          timed_out = True
-      if timed_out or overflow:
-        _kill(proc)
-      proc.wait()
-    finally:
-      os.close(status_r)
-  cap = limits.output_bytes
-  return (bytes(out[:cap]), bytes(err[:cap])), bool(status), timed_out, overflow
 
 
 def _limits(base: Limits, overrides: dict) -> Limits:
@@ -221,16 +217,6 @@ def _limits(base: Limits, overrides: dict) -> Limits:
   return dataclasses.replace(base, **fields) if fields else base
 
 
-def _test_source(tests: Sequence[str] | str, setup: str) -> str:
-  if isinstance(tests, str):
-    body = tests
-  else:
-    if not all(isinstance(t, str) for t in tests):
-      raise TypeError(f"tests must be a str or a list of str, got {tests!r}")
-    body = "\n".join(tests)
-  return f"{setup}\n{body}\n" if setup else body + "\n"
-
-
 _CHECKED = threading.Event()
 
 
@@ -238,11 +224,12 @@ class SandboxPool:
   """`workers` sandbox slots (one uid each, as root) run programs concurrently.
 
   Limits given here are the pool's defaults; every call may override them by keyword
-  (`timeout_s=`, `memory_mb=`, ... see `Limits`).
+  (`timeout_s=`, `memory_mb=`, ... see `Limits`). `cgroups=False` runs without the per-slot
+  cgroups (see `score_jax.sandbox.cgroups`): memory_mb and processes are then per process.
   """
 
   def __init__(self, workers: int | None = None, *, limits: Limits | None = None,
-               **limit_fields):
+               cgroups: bool = True, **limit_fields):
     self.workers = int(workers or os.cpu_count() or 1)
     if self.workers < 1:
       raise ValueError(f"SandboxPool(workers={workers!r}) needs at least one worker")
@@ -253,8 +240,14 @@ class SandboxPool:
     else:
       self._claims = [(os.getuid(), None)] * self.workers
     self._slots: queue.SimpleQueue = queue.SimpleQueue()
-    for uid, _ in self._claims:
-      self._slots.put(uid)
+    # One cgroup per slot: memory_mb and processes hold for the whole run (see cgroups).
+    self._cgroups = sandbox_cgroups.create(self.workers) if cgroups else None
+    for i, (uid, _) in enumerate(self._claims):
+      self._slots.put((uid, self._cgroups.slots[i] if self._cgroups else None))
+    # One trusted verifier process per slot (started on first use) runs the tests.
+    self._judges: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(self.workers):
+      self._judges.put(judge_lib.Judge())
     self._executor = None
     self._lock = threading.Lock()
     self._closed = False
@@ -268,40 +261,48 @@ class SandboxPool:
                                     f"stderr: {result.stderr.strip()!r}")
     _CHECKED.set()
 
-  def _run(self, program: str, tests: tuple | None, overrides: dict) -> ExecResult:
+  def _run(self, program: str, tests: testcode.Tests | None, overrides: dict) -> ExecResult:
     if self._closed:
       raise RuntimeError("this SandboxPool is closed")
     if not isinstance(program, str):
       raise TypeError(f"program must be a str, got {type(program).__name__}")
     limits = _limits(self.limits, overrides)
-    uid = self._slots.get()
+    uid, cgroup = self._slots.get()
+    judge = self._judges.get() if tests is not None else None
     try:
-      return _execute(self._layout, limits, uid, program, tests)
+      return _execute(self._layout, limits, uid, program, tests, cgroup, judge)
     finally:
-      self._slots.put(uid)
+      if judge is not None:
+        self._judges.put(judge)
+      self._slots.put((uid, cgroup))
 
   def run(self, program: str, **limits) -> ExecResult:
     """Runs `program` as `__main__`; passed = exit status 0."""
     return self._run(program, None, limits)
 
   def run_tests(self, program: str, tests: Sequence[str] | str, *, setup: str = "",
-                **limits) -> ExecResult:
-    """Runs `program`, then `setup` and `tests` (asserts, guarded) in a copy of its globals.
+                names: Sequence[str] = (), **limits) -> ExecResult:
+    """Runs `program` in the sandbox and `setup` + `tests` in the slot's verifier.
 
-    passed = exit status 0 and the per-run token printed after the last test.
+    The tests run in a namespace of their own (pristine builtins and stdlib modules, `setup`'s
+    definitions); the names they read but do not define are the program's (see
+    `score_jax.sandbox.testcode`), plus `names` even where a builtin has that name.
+    passed = the verifier ran every test without an error.
     Raises ValueError if the test code does not parse (it comes from task data).
     """
-    source = _test_source(tests, setup)
-    return self._run(program, (asserts.compile_tests(source), source), limits)
+    return self._run(program, testcode.prepare(tests, setup, names), limits)
 
   def map(self, programs: Sequence[str], tests: Sequence[Sequence[str] | str] | None = None,
-          setups: Sequence[str] | None = None, **limits) -> list[ExecResult]:
+          setups: Sequence[str] | None = None, names: Sequence[Sequence[str]] | None = None,
+          **limits) -> list[ExecResult]:
     """Runs many programs concurrently (`run`, or `run_tests` when `tests` is given)."""
     programs = list(programs)
     if tests is not None and len(tests) != len(programs):
       raise ValueError(f"map: {len(programs)} programs but {len(tests)} test lists")
     if setups is not None and (tests is None or len(setups) != len(programs)):
       raise ValueError("map: setups needs tests, one setup per program")
+    if names is not None and (tests is None or len(names) != len(programs)):
+      raise ValueError("map: names needs tests, one list of names per program")
     with self._lock:
       if self._executor is None:
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -310,17 +311,22 @@ class SandboxPool:
       futures = [self._executor.submit(self.run, p, **limits) for p in programs]
     else:
       setups = setups if setups is not None else [""] * len(programs)
-      futures = [self._executor.submit(self.run_tests, p, t, setup=s, **limits)
-                 for p, t, s in zip(programs, tests, setups)]
+      names = names if names is not None else [()] * len(programs)
+      futures = [self._executor.submit(self.run_tests, p, t, setup=s, names=n, **limits)
+                 for p, t, s, n in zip(programs, tests, setups, names)]
     return [f.result() for f in futures]
 
   def close(self) -> None:
-    """Waits for running programs, then releases the worker uids."""
+    """Waits for running programs, then ends the verifiers and releases the worker uids."""
     if self._closed:
       return
     self._closed = True
     if self._executor is not None:
       self._executor.shutdown(wait=True)
+    while not self._judges.empty():
+      self._judges.get().close()
+    if self._cgroups is not None:
+      self._cgroups.close()
     for _, fd in self._claims:
       if fd is not None:
         os.close(fd)

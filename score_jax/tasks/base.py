@@ -6,8 +6,10 @@ prompts for a model family is done by `score_jax.text.chat`, not by tasks.
 
 Optional capabilities are declared here and raise `MissingCapability` (naming the task, what
 needs the capability and what to do instead) unless a task provides them:
-`demonstration` (the sft stage's warm-up data) and `alphabet` (the character tokenizer). Every task is built the same way, by
-`Task.from_config(task_cfg)` on the config's `task` section (`score_jax.tasks.registry`).
+`demonstration` (the sft stage's warm-up data), `alphabet` (the character tokenizer),
+`corrupt` and `perturb` (counterfactual first attempts, `score_jax.counterfactual`). Every
+task is built the same way, by `Task.from_config(task_cfg)` on the config's `task` section
+(`score_jax.tasks.registry`).
 """
 
 from __future__ import annotations
@@ -77,6 +79,20 @@ class Task(abc.ABC):
     raise MissingCapability(
         f"task {self.name!r} has no demonstrations, which the sft stage needs: start from a "
         "pretrained model (config.init.checkpoint) and drop sft from config.plan.stages")
+
+  def corrupt(self, problem: Problem, response: str, rng: np.random.Generator) -> str:
+    """A near miss of the correct `response`: a small task-specific change that makes it
+    wrong (counterfactual first attempts, `score_jax.counterfactual`)."""
+    raise MissingCapability(
+        f"task {self.name!r} has no corrupt(), which the corrupted-gold counterfactual "
+        "needs: that condition is left out for this task")
+
+  def perturb(self, problem: Problem, response: str, rng: np.random.Generator) -> str:
+    """A task-specific perturbation of a model's `response` (counterfactual first
+    attempts, `score_jax.counterfactual`)."""
+    raise MissingCapability(
+        f"task {self.name!r} has no perturb(), which the perturbed-y1 counterfactual "
+        "needs: that condition is left out for this task")
 
   def alphabet(self) -> str:
     """Every character its texts use (the character tokenizer's alphabet)."""

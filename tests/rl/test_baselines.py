@@ -53,7 +53,7 @@ def _result():
   ep = rollout_lib.demonstration_episode(_two_turn(), PROBLEMS, Y1_TEXTS, Y2_TEXTS)
   attempts = ep.turn1_mask_BT | ep.turn2_mask_BT
   ep = ep._replace(sampler_logprobs_BT=np.where(attempts, -0.75, 0.0).astype(np.float32))
-  return rollout_lib.RolloutResult(ep, list(PROBLEMS), list(Y1_TEXTS), list(Y2_TEXTS), 0)
+  return rollout_lib.RolloutResult(ep, list(PROBLEMS), [list(Y1_TEXTS), list(Y2_TEXTS)], 0)
 
 
 def test_hand_built_result():
@@ -112,9 +112,9 @@ def test_star_without_right_right_keeps_only_corrections():
 
 def test_star_keeps_nothing_when_no_trace_ends_right():
   result = _result()
-  ep = result.episode._replace(r2_B=np.zeros(4, np.float32))
-  out, kept = baselines.star_episode(rollout_lib.RolloutResult(ep, PROBLEMS, Y1_TEXTS,
-                                                               Y2_TEXTS, 0))
+  ep = result.episode._replace(rewards_BA=result.episode.rewards_BA * np.float32([1, 0]))
+  out, kept = baselines.star_episode(rollout_lib.RolloutResult(ep, PROBLEMS,
+                                                               [Y1_TEXTS, Y2_TEXTS], 0))
   assert kept == 0.0
   assert not out.turn1_mask_BT.any() and not out.turn2_mask_BT.any()
 
@@ -172,7 +172,7 @@ def _pair_result(two_turn, rows=range(9)):
   ep = rollout_lib.demonstration_episode(two_turn, problems, y1, y2)
   split = None if len(rows) == 9 else multihost.RowSplit(9, np.array(rows),
                                                         np.ones(len(rows), bool))
-  return rollout_lib.RolloutResult(ep, problems, y1, y2, 0, split=split)
+  return rollout_lib.RolloutResult(ep, problems, [y1, y2], 0, split=split)
 
 
 def test_pair_sft_hand_built_samples_are_graded_as_written():

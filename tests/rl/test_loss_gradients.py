@@ -155,9 +155,9 @@ def test_reference_and_rewards_get_no_gradient(mode, stage):
   """Mistake 2: rewards are constants and the reference is frozen (zero gradients)."""
   cfg = BASE.replace(stage=stage, kl_mode=mode)
   logp = losses.token_logprobs(THETA, TOKENS)
-  def fn(ref, r1, r2):
-    return objectives.score_loss(logp, ref, INPUTS._replace(r1_B=r1, r2_B=r2), cfg)[0]
-  grads = jax.grad(fn, argnums=(0, 1, 2))(REF_LOGP, INPUTS.r1_B, INPUTS.r2_B)
+  def fn(ref, rewards_BA):
+    return objectives.score_loss(logp, ref, INPUTS._replace(rewards_BA=rewards_BA), cfg)[0]
+  grads = jax.grad(fn, argnums=(0, 1))(REF_LOGP, INPUTS.rewards_BA)
   for g in grads:
     np.testing.assert_array_equal(g, 0.0)
 
@@ -190,10 +190,12 @@ def test_stage2_turn1_tokens_see_only_r1(mode):
   """(d) Changing r2 leaves the y1-token gradient unchanged; changing r1 moves it."""
   cfg = BASE.replace(kl_mode=mode)
   g = _per_token(_grad_theta(cfg))
-  g_r2 = _per_token(_grad_theta(cfg, INPUTS._replace(r2_B=jnp.array([1.0, 1.0]))))
+  r2_both_right = INPUTS._replace(rewards_BA=INPUTS.rewards_BA.at[:, 1].set(1.0))
+  g_r2 = _per_token(_grad_theta(cfg, r2_both_right))
   np.testing.assert_array_equal(g_r2[M1], g[M1])
   assert np.abs(g_r2[M2] - g[M2]).max() > 1e-3
-  g_r1 = _per_token(_grad_theta(cfg, INPUTS._replace(r1_B=jnp.array([1.0, 0.0]))))
+  r1_flipped = INPUTS._replace(rewards_BA=INPUTS.rewards_BA.at[:, 0].set(jnp.array([1.0, 0.0])))
+  g_r1 = _per_token(_grad_theta(cfg, r1_flipped))
   assert np.abs(g_r1[M1] - g[M1]).max() > 1e-3
 
 

@@ -320,9 +320,12 @@ def test_bad_batch_or_shapes_raise():
   cfg = CFG.replace(samples_per_prompt=3, baseline="batch_mean")
   with pytest.raises(ValueError, match="not divisible by LossConfig.samples_per_prompt"):
     objectives.score_loss(LOGP, REF, INPUTS, cfg)
-  with pytest.raises(ValueError, match="turn2_mask_BT"):
-    objectives.score_loss(LOGP, REF, INPUTS._replace(turn2_mask_BT=jnp.zeros((2, 4), bool)), CFG)
-  with pytest.raises(ValueError, match="r1_B"):
-    objectives.score_loss(LOGP, REF, INPUTS._replace(r1_B=jnp.zeros(3)), CFG)
+  with pytest.raises(ValueError, match="attempt_BT"):
+    objectives.score_loss(LOGP, REF, INPUTS._replace(attempt_BT=jnp.zeros((2, 4), jnp.int32)),
+                          CFG)
+  with pytest.raises(ValueError, match="rewards_BA"):
+    objectives.score_loss(LOGP, REF, INPUTS._replace(rewards_BA=jnp.zeros((3, 2))), CFG)
+  with pytest.raises(ValueError, match="A >= 2"):
+    objectives.score_loss(LOGP, REF, INPUTS._replace(rewards_BA=jnp.zeros((2, 1))), CFG)
   with pytest.raises(ValueError, match="ref_logp_BT"):
     objectives.score_loss(LOGP, REF[:, :4], INPUTS, CFG)

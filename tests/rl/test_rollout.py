@@ -45,10 +45,17 @@ def _segments():
   return prompt, turn1, extra, turn2
 
 
+def _layout(segments, r1_B, r2_B, logprobs1_BS=None, logprobs2_BS=None):
+  """The two-attempt `layout` of `_segments()`-style (prompt, y1, extra, y2)."""
+  prompt, turn1, extra, turn2 = segments
+  return episode_lib.layout(prompt, [turn1, turn2], [extra], [r1_B, r2_B],
+                            [logprobs1_BS, logprobs2_BS])
+
+
 def test_layout_places_segments_masks_and_logprobs():
   logp1 = np.array([[-0.5, -1.5], [-2.0, 0.0]], np.float32)
   logp2 = np.array([[-0.25, 0.0], [-3.0, -4.0]], np.float64)    # cast to float32
-  ep = episode_lib.layout(*_segments(), r1_B=[1, 0], r2_B=[0.0, 1.0],
+  ep = _layout(_segments(), r1_B=[1, 0], r2_B=[0.0, 1.0],
                           logprobs1_BS=logp1, logprobs2_BS=logp2)
   assert isinstance(ep, episode_lib.Episode)
   #                  prompt       y1      extra     y2
@@ -72,12 +79,12 @@ def test_layout_places_segments_masks_and_logprobs():
 
 
 def test_layout_without_logprobs_is_zero_there():
-  ep = episode_lib.layout(*_segments(), r1_B=[0, 0], r2_B=[1, 1])
+  ep = _layout(_segments(), r1_B=[0, 0], r2_B=[1, 1])
   assert ep.sampler_logprobs_BT.shape == (2, 9)
   assert ep.sampler_logprobs_BT.dtype == np.float32
   np.testing.assert_array_equal(ep.sampler_logprobs_BT, np.zeros((2, 9)))
   # Only turn 1's log-probs given: turn 2 stays zero.
-  ep1 = episode_lib.layout(*_segments(), r1_B=[0, 0], r2_B=[1, 1],
+  ep1 = _layout(_segments(), r1_B=[0, 0], r2_B=[1, 1],
                            logprobs1_BS=np.array([[-1.0, -2.0], [-3.0, 0.0]]))
   np.testing.assert_array_equal(ep1.sampler_logprobs_BT,
                                 [[0, 0, 0, -1, -2, 0, 0, 0, 0],
@@ -89,10 +96,10 @@ def test_lengths_total():
 
 
 def test_concat_stacks_rows_field_by_field():
-  a = episode_lib.layout(*_segments(), r1_B=[1, 0], r2_B=[0, 1],
+  a = _layout(_segments(), r1_B=[1, 0], r2_B=[0, 1],
                          logprobs1_BS=np.full((2, 2), -1.0), logprobs2_BS=np.full((2, 2), -2.0))
   seg = [(tok[1:], val[1:]) for tok, val in _segments()]           # row 1 alone
-  b = episode_lib.layout(*seg, r1_B=[1], r2_B=[1])
+  b = _layout(seg, r1_B=[1], r2_B=[1])
   ab = episode_lib.concat([a, b])
   assert isinstance(ab, episode_lib.Episode)
   np.testing.assert_array_equal(ab.tokens_BT, [[0, 11, 12, 21, 3, 0, 31, 41, 0],
@@ -219,20 +226,21 @@ def test_without_turn1_training_clears_only_the_turn1_mask():
   problems = [base.Problem("p0", "sort: cba", "abc"), base.Problem("p1", "sort: ba", "ab")]
   ep = rollout_lib.demonstration_episode(two_turn, problems, ["abc", "ba"], ["acb", "ab"])
   ep = ep._replace(sampler_logprobs_BT=np.where(ep.valid_BT, -0.5, 0.0).astype(np.float32))
-  result = rollout_lib.RolloutResult(ep, problems, ["abc", "ba"], ["acb", "ab"],
+  result = rollout_lib.RolloutResult(ep, problems, [["abc", "ba"], ["acb", "ab"]],
                                      truncated_prompts=1)
   before = {f: np.copy(getattr(ep, f)) for f in episode_lib.Episode._fields}
   out = rollout_lib.without_turn1_training(result)
   assert out.episode.turn1_mask_BT.shape == (2, 39)
   assert not out.episode.turn1_mask_BT.any()
+  np.testing.assert_array_equal(out.episode.turn2_mask_BT, ep.turn2_mask_BT)
   for field in episode_lib.Episode._fields:
-    if field != "turn1_mask_BT":
+    if field != "attempt_BT":
       np.testing.assert_array_equal(getattr(out.episode, field), before[field], err_msg=field)
   assert (out.problems, out.y1, out.y2, out.truncated_prompts, out.split) == (
       problems, ["abc", "ba"], ["acb", "ab"], 1, None)
   # The input is left as it was.
   assert result.episode.turn1_mask_BT.sum() == 7
-  np.testing.assert_array_equal(result.episode.turn1_mask_BT, before["turn1_mask_BT"])
+  np.testing.assert_array_equal(result.episode.attempt_BT, before["attempt_BT"])
 
 
 # --- rollouts of a tiny random model ------------------------------------------------------
@@ -370,7 +378,7 @@ def test_rollout_with_separate_turn2_params_reads_the_whole_context():
   """params2 is not params1: turn 2 re-reads [x | y1 | extra] instead of continuing the
   turn-1 cache. With equal weights and the same rng, the episode is the same."""
   cached, reread = _rollout(False).episode, _rollout(True).episode
-  for field in ("tokens_BT", "valid_BT", "turn1_mask_BT", "turn2_mask_BT", "r1_B", "r2_B"):
+  for field in ("tokens_BT", "valid_BT", "attempt_BT", "rewards_BA"):
     np.testing.assert_array_equal(getattr(reread, field), getattr(cached, field), err_msg=field)
   np.testing.assert_allclose(reread.sampler_logprobs_BT, cached.sampler_logprobs_BT,
                              rtol=1e-4, atol=1e-4)

@@ -28,7 +28,7 @@ from score_jax.model import transformer as model_lib
 from score_jax.model.config import tiny
 from score_jax.rl import losses
 from score_jax.rl import step as step_lib
-from score_jax.rl.episode import Episode
+from score_jax.rl.episode import from_masks
 from tests.conftest import REPO_ROOT
 
 TINY = REPO_ROOT / "configs" / "tiny.py"
@@ -42,11 +42,10 @@ def _rl_batch(config, B=4, T=12, seed=0):
   turn1[:, 3:6] = True
   turn2 = np.zeros((B, T), bool)
   turn2[:, 8:] = True
-  return Episode(tokens_BT=rng.integers(0, config.vocab_size, (B, T)).astype(np.int32),
-                 valid_BT=np.ones((B, T), bool), turn1_mask_BT=turn1, turn2_mask_BT=turn2,
-                 r1_B=np.tile(np.array([0, 1, 1, 0], np.float32), B // 4),
-                 r2_B=np.tile(np.array([1, 1, 0, 0], np.float32), B // 4),
-                 sampler_logprobs_BT=np.zeros((B, T), np.float32))
+  return from_masks(rng.integers(0, config.vocab_size, (B, T)).astype(np.int32),
+                    np.ones((B, T), bool), [turn1, turn2],
+                    [np.tile(np.array([0, 1, 1, 0], np.float32), B // 4),
+                     np.tile(np.array([1, 1, 0, 0], np.float32), B // 4)])
 
 
 def _on_mesh(episode, mesh):

@@ -15,9 +15,7 @@ import time
 import pytest
 
 from score_jax import sandbox
-from score_jax.sandbox import asserts as sandbox_asserts
 from score_jax.sandbox import bwrap as sandbox_bwrap
-from score_jax.sandbox import driver as sandbox_driver
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +58,7 @@ def test_run_captures_output_and_exit_status(pool):
 def test_run_tests_pass_fail_and_setup(pool):
   program = "def add(a, b):\n  return a + b\n"
   r = pool.run_tests(program, ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"])
-  assert r.passed and r.stdout == ""           # the pass token is removed from stdout
+  assert r.passed and r.stdout == ""
   r = pool.run_tests(program, ["assert add(1, 2) == 3", "assert add(2, 2) == 5"])
   assert r.status == "failed" and 'File "tests.py", line 2' in r.stderr
   r = pool.run_tests(program, "assert add(x, 1) == 3\n", setup="x = 2")
@@ -292,7 +290,10 @@ def test_a_tracer_installed_by_the_program_cannot_skip_the_asserts(pool):
 
 def test_exit_inside_the_function_under_test_does_not_pass(pool):
   r = pool.run_tests("import sys\ndef add(a, b):\n  sys.exit(0)", ["assert add(1, 2) == 3"])
-  assert (r.status, r.reason) == ("failed", "exited 0 before the tests finished (no pass token)")
+  assert r.status == "failed" and "SystemExit inside a call" in r.reason
+  r = pool.run_tests("import sys\nsys.exit(0)\ndef add(a, b):\n  return 3",
+                     ["assert add(1, 2) == 3"])
+  assert (r.status, r.reason) == ("failed", "the program exited before the tests ran")
 
 
 ALWAYS_EQUAL = """
@@ -332,7 +333,7 @@ class Sly(metaclass=Meta):
 ])
 def test_always_equal_objects_do_not_pass(pool, body, test):
   r = pool.run_tests(ALWAYS_EQUAL + f"def f(x):\n  {body}\n", [test])
-  assert r.status == "failed" and "AssertionError" in r.stderr, r
+  assert r.status == "failed" and 'File "tests.py", line 1' in r.stderr, r
 
 
 @pytest.mark.parametrize("body, test", [
@@ -350,42 +351,20 @@ def test_honest_values_still_pass(pool, body, test):
   assert r.passed, r.stderr
 
 
-def test_two_instances_of_one_program_class_compare_with_its_eq(pool):
+def test_objects_of_the_program_are_remote_and_equal_nothing(pool):
+  """Instances of the program's classes stay in its process: the tests can call them and
+  read their attributes (as plain data), but they equal no value, not even their like."""
   program = ("class Pair:\n  def __init__(s, a, b): s.a, s.b = a, b\n"
              "  def __eq__(s, o): return (s.a, s.b) == (o.a, o.b)\n"
+             "  def total(s): return s.a + s.b\n"
              "def swap(p): return Pair(p.b, p.a)\n")
-  assert pool.run_tests(program, ["assert swap(Pair(1, 2)) == Pair(2, 1)"]).passed
-  assert not pool.run_tests(program, ["assert swap(Pair(1, 2)) == Pair(1, 2)"]).passed
+  assert pool.run_tests(program, ["p = swap(Pair(1, 2))\nassert (p.a, p.b) == (2, 1)",
+                                  "assert swap(Pair(1, 2)).total() == 3",
+                                  "q = Pair(0, 0)\nq.a = 5\nassert swap(q).b == 5"]).passed
+  assert not pool.run_tests(program, ["assert swap(Pair(1, 2)) == Pair(2, 1)"]).passed
 
 
 # --- host-side pieces (no sandbox) -------------------------------------------------------
-
-def test_rewrite_asserts_guards_comparisons_arithmetic_and_truth():
-  tree = sandbox_asserts.rewrite_asserts(
-      "x = a - b\nassert f(x) == 3, 'msg'\nassert 0 < g(x) - 1 <= 2\nassert h() and not k(-x)")
-  assert ast.unparse(tree).splitlines() == [
-      "x = a - b",                                        # outside asserts: untouched
-      "assert __score_compare__(('==',), f(x), 3), 'msg'",
-      "assert __score_compare__(('<', '<='), 0, __score_binop__('-', g(x), 1), 2)",
-      "assert __score_truth__(h()) and (not __score_truth__(k(__score_unary__('-', x))))",
-  ]
-
-
-def test_guards_normalise_values_to_builtins():
-  class Sneaky(int):
-    def __eq__(self, other):
-      return True
-  assert sandbox_driver.normalise([Sneaky(7), (1,), {"a": {2}}]) == [7, (1,), {"a": {2}}]
-  assert type(sandbox_driver.normalise([Sneaky(7)])[0]) is int
-  assert sandbox_driver.guard_compare(("==",), Sneaky(7), 5) is False
-  assert sandbox_driver.guard_compare(("<", "<"), 1, 2, 3) is True
-  assert sandbox_driver.guard_compare(("<", "<"), 1, 3, 2) is False
-  assert sandbox_driver.guard_binop("-", 3.5, 1) == 2.5
-  with pytest.raises(AssertionError, match="type check failed"):
-    sandbox_driver.guard_compare(("==",), object(), 1)
-  with pytest.raises(AssertionError, match="type check failed"):
-    sandbox_driver.guard_truth(object())
-
 
 def test_missing_bwrap_raises_with_the_install_command(monkeypatch, tmp_path):
   monkeypatch.setenv("PATH", str(tmp_path))

@@ -179,6 +179,40 @@ def test_malformed_records_name_file_line_and_field(tmp_path):
     code.MBPPTask(tmp_path / "nowhere")
 
 
+def test_tests_that_do_not_parse_fail_at_load_with_file_task_and_fix(tmp_path, caplog):
+  rows = [dict(GOOD_MBPP, task_id=i) for i in (2, 3, 4)]
+  path = tmp_path / "mbpp.jsonl"
+  _write_jsonl(path, rows[:2] + [dict(rows[2], test_list=["assert f() == 1", "assert f( =="])])
+  with pytest.raises(ValueError, match=r"mbpp\.jsonl:3: task_id 4: test code does not parse "
+                                       r"\(.*, line 2\): 'assert f\( =='; fix the record"):
+    code.MBPPTask(path)
+  _write_jsonl(path, rows[:2] + [dict(rows[2], test_setup_code="x = (")])
+  with pytest.raises(ValueError, match=r"mbpp\.jsonl:3: task_id 4: .*test_setup_code"):
+    code.MBPPTask(path)
+  # Tests that read nothing from the program are counted and logged.
+  _write_jsonl(path, rows[:2] + [dict(rows[2], test_list=["assert 1 + 1 == 2"])])
+  with caplog.at_level("WARNING"):
+    code.MBPPTask(path)
+  assert "the tests of 1 problem(s) read nothing from the program" in caplog.text
+  he = {"task_id": "HumanEval/0", "prompt": "def f():\n  'doc'\n", "entry_point": "f",
+        "canonical_solution": "  return 1\n", "test": "def check(candidate):\n  assert ("}
+  _write_jsonl(tmp_path / "HumanEval.jsonl", [he])
+  with pytest.raises(ValueError, match=r"HumanEval\.jsonl:1: task_id HumanEval/0: test code "
+                                       r"does not parse.*fix the record's test"):
+    code.HumanEvalTask(tmp_path)
+  _write_jsonl(tmp_path / "HumanEval.jsonl", [dict(he, entry_point="g")])
+  with pytest.raises(ValueError, match=r"does not define entry_point 'g'"):
+    code.HumanEvalTask(tmp_path)
+
+
+def test_humaneval_setup_is_the_prompt_without_the_entry_point(humaneval):
+  problem = humaneval.load("test")[38]
+  assert problem.answer["names"] == ("decode_cyclic",)
+  assert "def encode_cyclic(s: str):" in problem.answer["setup"]
+  assert "def decode_cyclic" not in problem.answer["setup"]
+  assert problem.answer["setup"].count("\n") == problem.prompt.count("\n")
+
+
 def test_malformed_humaneval_gz(tmp_path):
   path = tmp_path / "HumanEval.jsonl.gz"
   with gzip.open(path, "wt") as f:
@@ -205,7 +239,8 @@ def test_all_reference_solutions_pass(mbpp, humaneval):
     programs = [task.program(p, p.meta["reference"] + suffix) for p in problems]
     # mbpp/123 (amicable numbers below 9999) alone takes 5-15 s of CPU.
     results = task.pool.map(programs, [p.answer["tests"] for p in problems],
-                            [p.answer["setup"] for p in problems], timeout_s=60.0)
+                            [p.answer["setup"] for p in problems],
+                            [p.answer["names"] for p in problems], timeout_s=60.0)
     failed = [(p.uid, r.reason, r.stderr[-300:]) for p, r in zip(problems, results)
               if not r.passed]
     assert not failed

@@ -131,8 +131,10 @@ EQUIV_CASES = [
     # degrees
     ("90", "90^\\circ", True), ("90^{\\circ}", "90^\\circ", True),
     ("90 degrees", "90^\\circ", True), ("45", "90^\\circ", False),
-    # percent (math-verify reads 50% as 50 or as 0.5)
-    ("50\\%", "50", True), ("50", "50\\%", True), ("0.5", "50\\%", True), ("5", "50\\%", False),
+    # percent: math-verify reads 50% as 50 or as 0.5, so a percent sign on a gold without
+    # one is a hedge (two values) and scores 0; a bare number against a percent gold scores
+    ("50\\%", "50", False), ("50", "50\\%", True), ("0.5", "50\\%", True), ("5", "50\\%", False),
+    ("50\\%", "50\\%", True),
     # negatives
     ("-\\frac{3}{8}", "-\\frac{3}{8}", True), ("\\frac{-3}{8}", "-\\frac{3}{8}", True),
     ("\\frac{3}{8}", "-\\frac{3}{8}", False), ("5", "-5", False),

@@ -1,221 +1,77 @@
-"""Math answers: extract the final answer of a response, normalise it, compare two answers.
+"""Math answers: is a predicted final answer the gold answer? (`quick_verdict`, `is_equivalent`).
 
-Pure text functions, run in-process. `is_equivalent` calls math-verify, whose timeouts use
-`signal.alarm` (main thread only) and cannot interrupt C code, so untrusted model output must
-be graded through `score_jax.tasks.math.grading.grade_batch` (a process pool with a wall-clock
-kill); `is_equivalent` is what the pool's workers run.
+Extraction (`extract.extract_answer`: the last \\boxed{} or "The final answer is $X$" of a
+response) and normalisation (`normalize.normalize_answer`) live in their own modules and are
+re-exported here. A prediction is judged in three steps:
 
-Extraction (`extract_answer`): the answer is the content of the LAST answer marker in the
-text, where a marker is either a `\\boxed{...}` / `\\fbox{...}` (brace-matched; also `\\boxed 5`
-without braces; a box nested inside another box belongs to the outer one) or the paper's
-"The final answer is $X$" form (also `$$X$$`, `\\(X\\)`, or a bare X followed by the paper's
-"I hope it is correct" on the same line; "the final answer is" in prose is no marker). So a
-turn-2 response that quotes the turn-1 box and then gives a new final answer is graded on
-the new one. A final marker that is unusable (an unclosed box of a truncated response, an
-empty box) gives None: an earlier marker is never used instead.
+1. `hedges.rejection`: forms that claim several values score 0 (a percent sign on a gold
+   without one, words after the number that are not units, a box inside the answer, non-ASCII
+   digits); an answer longer than `MAX_ANSWER_CHARS` scores 0 unread.
+2. `hedges.relation_sides`: `x = 4` is graded on 4; in `2 + 2 = 4` every side that is not a
+   name must be the answer; `3 = 4` scores 0 (unless the gold is itself a relation).
+3. Each remaining part against the gold: equal after normalisation, or two plain numbers of
+   equal value (decided here, `quick_verdict`), else math-verify (`is_equivalent`).
+
+Steps 1-2 and the fast part of 3 run in the training process in bounded time (linear passes
+over at most `MAX_ANSWER_CHARS` characters). `is_equivalent` calls math-verify, whose timeouts
+use `signal.alarm` (main thread only) and cannot interrupt C code, so untrusted model output
+must be graded through `score_jax.tasks.math.grading.grade_batch` (a process pool with a
+wall-clock kill); `is_equivalent` is what the pool's workers run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fractions
 import functools
 import re
 import signal
 import threading
 
-# Answers longer than this (characters) are compared by normalised string only: math-verify
-# is not run on them (no gold answer in MATH/GSM8K comes close to this length).
-MAX_VERIFY_CHARS = 400
+from score_jax.tasks.math import hedges
+from score_jax.tasks.math.extract import MAX_RESPONSE_CHARS, extract_answer
+from score_jax.tasks.math.normalize import MAX_ANSWER_CHARS, is_words, normalize_answer, words_of
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_FINAL_RE = re.compile(r"final answer is\s*:?\s*", re.IGNORECASE)
-_HOPE_RE = re.compile(r"\s*I hope it is correct", re.IGNORECASE)
+__all__ = ["MAX_ANSWER_CHARS", "MAX_RESPONSE_CHARS", "MAX_VERIFY_CHARS", "extract_answer",
+           "normalize_answer", "is_words", "quick_verdict", "is_equivalent",
+           "speed_up_math_verify"]
 
-
-def _match_brace(text: str, i: int) -> int | None:
-  """Index just past the `}` matching the `{` at text[i]; None if unclosed.
-
-  Escaped braces (`\\{`, `\\}`) do not count.
-  """
-  depth = 0
-  j = i
-  while j < len(text):
-    c = text[j]
-    if c == "\\":
-      j += 2
-      continue
-    if c == "{":
-      depth += 1
-    elif c == "}":
-      depth -= 1
-      if depth == 0:
-        return j + 1
-    j += 1
-  return None
+# Answers longer than this are not given to math-verify (they score 0 unread: the same cap).
+MAX_VERIFY_CHARS = MAX_ANSWER_CHARS
 
 
-def _boxes(text: str) -> list[tuple[int, int, str | None]]:
-  """(start, end, content) of every box that is not inside another box; content None if bad."""
-  out: list[tuple[int, int, str | None]] = []
-  for m in _BOX_RE.finditer(text):
-    if out and m.start() < out[-1][1]:
-      continue  # nested inside the previous (outer) box
-    i = m.end()
-    while i < len(text) and text[i] in " \t":
-      i += 1
-    if i < len(text) and text[i] == "{":
-      end = _match_brace(text, i)
-      if end is None:
-        out.append((m.start(), len(text), None))
-        break
-      out.append((m.start(), end, text[i + 1:end - 1]))
-    elif i > m.end():  # `\boxed 5`: one token, up to whitespace or `$`
-      tok = re.match(r"[^\s$]*", text[i:]).group(0)
-      out.append((m.start(), i + len(tok), tok.rstrip(".,;") or None))
-    else:
-      out.append((m.start(), i, None))
-  return out
+@dataclasses.dataclass(frozen=True)
+class _Gold:
+  """What the verdicts need of a gold answer, computed once per gold."""
+  text: str
+  normalised: str
+  words: frozenset[str]      # its words: units a prediction may also drop
+  tokens: frozenset[str]     # its words and numbers: allowed inside a prediction's \\text{}
+  relation: bool             # a relation itself (`x^2 + y^2 = 13`): math-verify compares
 
 
-def _closing_dollar(text: str, i: int) -> int | None:
-  """Index of the first unescaped `$` at or after i."""
-  j = i
-  while j < len(text):
-    if text[j] == "\\":
-      j += 2
-      continue
-    if text[j] == "$":
-      return j
-    j += 1
-  return None
+@functools.lru_cache(maxsize=1 << 14)
+def _gold(gold: str) -> _Gold:
+  words = words_of(gold)
+  normalised = normalize_answer(gold, words)
+  return _Gold(gold, normalised, words, hedges.tokens_of(gold), hedges.is_relation(normalised))
 
 
-def _final_answers(text: str) -> list[tuple[int, str | None]]:
-  """(start, content) of each "The final answer is X" statement."""
-  out: list[tuple[int, str | None]] = []
-  for m in _FINAL_RE.finditer(text):
-    i = m.end()
-    content: str | None
-    if text.startswith("$$", i):
-      end = text.find("$$", i + 2)
-      content = text[i + 2:end] if end >= 0 else None
-    elif text.startswith("$", i):
-      end = _closing_dollar(text, i + 1)
-      content = text[i + 1:end] if end is not None else None
-    elif text.startswith("\\(", i) or text.startswith("\\[", i):
-      end = text.find("\\)" if text[i + 1] == "(" else "\\]", i + 2)
-      content = text[i + 2:end] if end >= 0 else None
-    else:  # bare: only in the paper's full form, "... is X. I hope it is correct."
-      line = text[i:].split("\n", 1)[0]
-      parts = _HOPE_RE.split(line, maxsplit=1)
-      if len(parts) < 2:
-        continue  # prose such as "the final answer is positive, because ..."
-      content = parts[0].strip()
-      content = content[:-1] if content.endswith(".") else content
-    out.append((m.start(), content))
-  return out
-
-
-def extract_answer(text: str) -> str | None:
-  """The final answer of a response (see the module docstring), or None if there is none."""
-  candidates: list[tuple[int, str | None]] = [(s, c) for s, _, c in _boxes(text)]
-  candidates += _final_answers(text)
-  if not candidates:
-    return None
-  _, content = max(candidates, key=lambda sc: sc[0])
-  if content is None:
-    return None
-  content = content.strip()
-  return content or None
-
-
-# ---------------------------------------------------------------- normalisation
-
-_TEXT_CMD_RE = re.compile(
-    r"\\(?:text|textbf|textrm|textit|textnormal|mbox|mathrm|mathbf|mathit|operatorname)"
-    r"\s*\{([^{}]*)\}")
-_SIZING_RE = re.compile(r"\\(?:left|right|[bB]igg?[lr]?|displaystyle)(?![A-Za-z])")
-_SPACING_RE = re.compile(r"\\(?:[!,;: ]|quad|qquad)(?![A-Za-z])|~")
-_DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![A-Za-z])")
-_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_POWER = r"\s*(?:\^\s*\{?[23]\}?)?"
-_TEXT_UNIT_RE = re.compile(
-    r"(.*?)\s*\\(?:text|textrm|mbox|mathrm)\s*\{\s*([A-Za-z][A-Za-z ]*)\}" + _POWER)
-_WORD_UNIT_RE = re.compile(r"(.*?\S)\s+[A-Za-z]{2,}(?:\s+[A-Za-z]+)*" + _POWER)
-_NUMERIC_RE = re.compile(
-    r"[-+]?(?:[\d,]+(?:\.\d*)?|\.\d+)|[-+]?\\frac(?:\d|\{\d+\})(?:\d|\{\d+\})")
-_LHS_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*(?:=|\\in(?![A-Za-z]))(.*)")
-_WORDS_RE = re.compile(r"[A-Za-z]{2,}(?:\s+[A-Za-z]+)*")
-
-
-def _strip_delims(s: str) -> str:
-  """Removes enclosing `$...$`, `\\(...\\)`, `\\[...\\]`, `\\boxed{...}` and trailing dots."""
-  prev = None
-  while s != prev:
-    prev = s
-    s = s.strip()
-    s = s[:-1].rstrip() if s.endswith(".") and len(s) > 1 else s
-    for a, b in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-      if len(s) >= len(a) + len(b) and s.startswith(a) and s.endswith(b):
-        s = s[len(a):-len(b)].strip()
-        break
-    boxes = _boxes(s)
-    if len(boxes) == 1 and boxes[0][0] == 0 and boxes[0][1] == len(s) and boxes[0][2]:
-      s = boxes[0][2].strip()
-  return s
-
-
-def normalize_answer(answer: str) -> str:
-  """A canonical string for an answer, for the fast exact-match check and answer keys.
-
-  Removes what does not change the value: `\\left`/`\\right`, LaTeX spacing, `dfrac`/`tfrac`
-  (-> `frac`), degree signs, `\\$`, `%`, `\\text{...}` wrappers and units after a number, a
-  leading `x =` / `x \\in`, thousands separators (`1,000` / `10,\\!080`), a trailing `.`,
-  trailing decimal zeros, all whitespace, braces of `\\frac12` / `\\sqrt2` shorthands, and
-  parentheses around a multiple-choice letter `(C)`. Word answers are lower-cased.
-  """
-  s = _strip_delims(answer.strip())
-  s = _SIZING_RE.sub("", s)
-  s = _SPACING_RE.sub("", s)
-  s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
-  s = _DEGREE_RE.sub("", s)
-  s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
-  s = s.replace("{,}", ",")
-  s = re.sub(r"\\text\s*\{\s*\.?\s*\}", "", s)
-  s = s.strip().rstrip(".").strip()
-  for unit_re in (_TEXT_UNIT_RE, _WORD_UNIT_RE):
-    unit = unit_re.fullmatch(s)
-    if unit and _NUMERIC_RE.fullmatch(re.sub(r"\s+", "", unit.group(1))):
-      s = unit.group(1)
-    s = _TEXT_CMD_RE.sub(lambda m: m.group(1), s).strip()
-  lhs = _LHS_RE.fullmatch(s.strip())
-  if lhs and "=" not in lhs.group(1) and lhs.group(1).strip():
-    s = lhs.group(1)
-  if _WORDS_RE.fullmatch(s.strip()):
-    return " ".join(s.lower().split())
-  s = re.sub(r"\s+", "", s)
-  if _THOUSANDS_RE.fullmatch(s):
-    s = s.replace(",", "")
-  s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
-  s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
-  s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
-  s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
-  s = re.sub(r"(?<![\d}])\.(\d)", r"0.\1", s)
-  if re.fullmatch(r"-?\d+\.\d*", s):
-    s = s.rstrip("0").rstrip(".")
-  if s == "-0":
-    s = "0"
-  letter = re.fullmatch(r"\(([A-Ea-e])\)", s)
-  if letter:
-    s = letter.group(1).upper()
-  while len(s) > 2 and s[0] == "{" and _match_brace(s, 0) == len(s):
-    s = s[1:-1]
-  return s
-
-
-def is_words(normalised: str) -> bool:
-  """Whether a normalised answer is a word answer (compared as a string only)."""
-  return bool(_WORDS_RE.fullmatch(normalised))
+def _parts(pred: str | None, gold: _Gold) -> bool | list[str]:
+  """False if the prediction cannot score (steps 1-2 of the module docstring), else the parts
+  that must ALL be equivalent to the gold."""
+  if pred is None:
+    return False
+  pred = pred.strip()
+  if not pred or len(pred) > MAX_ANSWER_CHARS:
+    return False
+  if hedges.rejection(pred, gold.text, gold.tokens) is not None:
+    return False
+  if not gold.relation:
+    sides = hedges.relation_sides(pred)
+    if sides is not None:
+      return sides or False
+  return [pred]
 
 
 # ---------------------------------------------------------------- equivalence
@@ -237,13 +93,15 @@ def _parse(answer: str, timeout: int | None):
 
 _SIMPLE_NUMBER_RE = re.compile(
     r"(?P<sign>-?)(?:(?P<int>\d+)(?:\.(?P<dec>\d*))?|\\frac\{(?P<num>\d+)\}\{(?P<den>\d+)\}"
-    r"|(?P<snum>\d+)/(?P<sden>\d+))")
+    r"|(?P<snum>\d+)/(?P<sden>\d+))", re.ASCII)
 
 
 def _simple_number(normalised: str) -> fractions.Fraction | None:
   """The exact value of an integer, a decimal with < 5 places, or a fraction of integers."""
+  if len(normalised) > 40:
+    return None
   m = _SIMPLE_NUMBER_RE.fullmatch(normalised)
-  if m is None or len(normalised) > 40:
+  if m is None:
     return None
   sign = -1 if m["sign"] else 1
   if m["int"] is not None:
@@ -257,43 +115,66 @@ def _simple_number(normalised: str) -> fractions.Fraction | None:
   return sign * fractions.Fraction(int(num), int(den))
 
 
-def quick_verdict(pred: str | None, gold: str) -> bool | None:
-  """The verdict when it needs no math-verify, else None.
-
-  True if the normalised strings are equal; False for no answer, for two different word
-  answers, for answers too long to verify, and for two plain numbers (integers, short
-  decimals, integer fractions) of different exact value.
-  """
-  if pred is None:
-    return False
-  p, g = normalize_answer(pred), normalize_answer(gold)
+def _part_verdict(part: str, gold: _Gold) -> bool | None:
+  """Step 3 without math-verify: True / False, or None when math-verify must decide."""
+  p, g = normalize_answer(part, gold.words), gold.normalised
   if not p:
     return False
   if p == g:
     return True
-  if is_words(p) or is_words(g) or len(pred) > MAX_VERIFY_CHARS:
+  if is_words(p) or is_words(g):
     return False
-  if "%" not in pred + gold:
+  if "%" not in part + gold.text:
     p_val, g_val = _simple_number(p), _simple_number(g)
     if p_val is not None and g_val is not None:
       return p_val == g_val
   return None
 
 
+def quick_verdict(pred: str | None, gold: str) -> bool | None:
+  """The verdict when it needs no math-verify, else None (bounded time, in-process).
+
+  False for no answer, an answer over `MAX_ANSWER_CHARS`, a hedge, a relation whose sides
+  are not the answer (module docstring), two different word answers, and two plain numbers
+  (integers, short decimals, integer fractions) of different exact value; True when every
+  part equals the gold after normalisation or in exact value.
+  """
+  g = _gold(gold)
+  parts = _parts(pred, g)
+  if isinstance(parts, bool):
+    return parts
+  verdicts = [_part_verdict(p, g) for p in parts]
+  if False in verdicts:
+    return False
+  return True if all(verdicts) else None
+
+
 def is_equivalent(pred: str | None, gold: str, *, timeout_s: float = 5.0) -> bool:
   """True iff the predicted answer has the value of the gold answer.
 
-  `quick_verdict` first (normalised string match, exact comparison of plain numbers); then
-  math-verify
+  The module docstring's steps: hedges and relations, then per part `quick_verdict`'s checks
+  (normalised string match, exact comparison of plain numbers), then math-verify
   (`verify(parse(gold), parse(pred))`) for numbers, expressions, intervals, sets, tuples,
   matrices and equations. Word answers (`\\text{east}`) are compared as strings only
   (math-verify would read a word as a product of commuting symbols, so anagrams would match).
   In-process: the math-verify timeouts use signal.alarm and cannot stop C code, so grade
   untrusted text with `grading.grade_batch`, which kills a stuck worker.
   """
-  quick = quick_verdict(pred, gold)
-  if quick is not None:
-    return quick
+  g = _gold(gold)
+  parts = _parts(pred, g)
+  if isinstance(parts, bool):
+    return parts
+  for part in parts:
+    verdict = _part_verdict(part, g)
+    if verdict is None:
+      verdict = _math_verify(part, gold, timeout_s)
+    if not verdict:
+      return False
+  return True
+
+
+def _math_verify(pred: str, gold: str, timeout_s: float) -> bool:
+  """math-verify's `verify(parse(gold), parse(pred))`."""
   import math_verify  # pylint: disable=import-outside-toplevel
   timeout = _alarm_seconds(timeout_s)
   gold_parsed = _parse(gold.strip(), timeout)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import math
 import multiprocessing.connection
 import threading
 import time
@@ -33,6 +34,22 @@ STARTUP_TIMEOUT_S = 120.0
 DEFAULT_MEMORY_LIMIT_BYTES = 4 << 30
 # Verdicts remembered by grade_batch (RL samples repeat answers): (pred, gold) -> bool.
 VERDICT_CACHE_SIZE = 1 << 16
+
+
+def check_timeout(timeout_s: float, where: str) -> float:
+  """`timeout_s` if it is a finite number of seconds > 0, else a ValueError naming `where`.
+
+  A timeout of 0 (or less) would not grade anything that needs math-verify: every such answer,
+  right or wrong, would count as timed out and score 0, silently.
+  """
+  try:
+    seconds = math.nan if isinstance(timeout_s, (bool, str)) else float(timeout_s)
+  except (TypeError, ValueError):
+    seconds = math.nan
+  if not math.isfinite(seconds) or seconds <= 0:
+    raise ValueError(f"{where}: timeout_s must be a finite number of seconds > 0, got "
+                     f"{timeout_s!r} (at 0 every answer that needs math-verify would score 0)")
+  return seconds
 
 
 class GraderPool:
@@ -49,7 +66,7 @@ class GraderPool:
     if workers < 1:
       raise ValueError(f"GraderPool: workers must be >= 1, got {workers}")
     self.workers = workers
-    self.timeout_s = timeout_s
+    self.timeout_s = check_timeout(timeout_s, "GraderPool")
     self.memory_limit_bytes = memory_limit_bytes
     self.restarts = 0        # graders killed for running over time, or found dead
     self._lock = threading.Lock()
@@ -81,7 +98,8 @@ class GraderPool:
   def grade(self, pairs: Sequence[tuple[str | None, str]], *,
             timeout_s: float | None = None) -> list[bool]:
     """Verdicts for (pred, gold) pairs; an item past `timeout_s` seconds counts as False."""
-    timeout_s = self.timeout_s if timeout_s is None else timeout_s
+    timeout_s = (self.timeout_s if timeout_s is None else
+                 check_timeout(timeout_s, "GraderPool.grade"))
     results = [False] * len(pairs)
     todo = collections.deque(i for i, (p, _) in enumerate(pairs) if p is not None)
     with self._lock:
@@ -197,7 +215,7 @@ def grade_batch(preds: Sequence[str | None], golds: Sequence[str], *, timeout_s:
   Args:
     preds: extracted answers (None: no answer, graded False).
     golds: gold answers, same length.
-    timeout_s: wall-clock seconds per pair.
+    timeout_s: wall-clock seconds per pair (> 0; a ValueError otherwise).
     workers: size of the shared pool used when `pool` is None; that pool stays warm for the
       next call until `shutdown_pools()`.
     pool: a pool to use instead of the shared one.
@@ -205,6 +223,7 @@ def grade_batch(preds: Sequence[str | None], golds: Sequence[str], *, timeout_s:
   Verdicts from the pool are remembered (LRU, `VERDICT_CACHE_SIZE` pairs), a timed-out
   pair's False included, so a repeated pathological answer costs its timeout once.
   """
+  check_timeout(timeout_s, "grade_batch")
   if len(preds) != len(golds):
     raise ValueError(f"grade_batch: {len(preds)} preds but {len(golds)} golds")
   results = [False] * len(preds)

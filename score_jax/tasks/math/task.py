@@ -28,8 +28,12 @@ Prompt (zero-shot; the paper's MATH turn-1 instruction, then the problem):
 
 The turn-2 instruction is the paper's MATH turn-2 text. The reward is 1.0 iff the FINAL answer
 of the response (`extract_answer`: the last \\boxed{} or "The final answer is $X$") is
-equivalent to the gold answer (`is_equivalent`), graded in a process pool with a wall-clock
-limit per item (`math_grading`). The pool is shared at module level; `close()` releases it.
+equivalent to the gold answer (`is_equivalent`; hedged answers such as `7 or eight`, `7\\%`
+against a gold without a percent sign, or `3 = 4` score 0), graded within `timeout_s` of wall
+time per item however long the response: extraction and the fast checks run in the training
+process in linear time on bounded text (`math.extract`, `math.normalize`), math-verify in a
+process pool with a wall-clock kill (`math_grading`). The pool is shared at module level;
+`close()` releases it.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ class AnswerTask(base.Task):
                timeout_s: float = 5.0, source: SourceArg = None):
     self.data_dir = pathlib.Path(data_dir)
     self.grader_workers = grader_workers
-    self.timeout_s = timeout_s
+    self.timeout_s = math_grading.check_timeout(timeout_s, f"task {self.name!r}")
     if source is None:
       self.sources: dict[str, sources.RecordSource] = {}
     elif isinstance(source, Mapping):
@@ -185,7 +189,7 @@ class MathTask(AnswerTask):
   Args:
     data_dir: folder laid out like shared/data (math/..., math500/...).
     grader_workers: grader processes (items graded at once).
-    timeout_s: wall-clock seconds per graded item; an item that takes longer is wrong.
+    timeout_s: wall-clock seconds per graded item (> 0); an item that takes longer is wrong.
     source: a `sources.RecordSource` (serving the split named by its `.split`) or a mapping
       split -> source; those splits are read from it instead of the files. Records need
       "problem" and "answer" or "solution"; "unique_id", "subject", "level" are optional.
