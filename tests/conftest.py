@@ -27,3 +27,21 @@ def shared_data() -> pathlib.Path:
   if not SHARED_DATA.is_dir():
     pytest.skip(f"{SHARED_DATA} not found: the tests read the real data from there")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def mbpp(shared_data):
+  """The real MBPP task (its sandbox pool closed after the module)."""
+  from score_jax.tasks import code  # pylint: disable=import-outside-toplevel
+  task = code.MBPPTask(shared_data, workers=2, timeout_s=20.0)
+  yield task
+  task.close()
+
+
+@pytest.fixture(scope="module")
+def humaneval(shared_data):
+  """The real HumanEval task (its sandbox pool closed after the module)."""
+  from score_jax.tasks import code  # pylint: disable=import-outside-toplevel
+  task = code.HumanEvalTask(shared_data, workers=2, timeout_s=20.0)
+  yield task
+  task.close()

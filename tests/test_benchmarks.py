@@ -1,4 +1,4 @@
-"""Smoke tests of the speed benchmarks (benchmarks/sampler.py, benchmarks/train_step.py).
+"""Smoke tests of the benchmarks (sampler.py, train_step.py, vocab_memory.py, ...).
 
 Each script runs end to end with --smoke (tiny shapes, one repetition) in a subprocess,
 as a user would run it, and its last output line must be the JSON record. Nothing here
@@ -151,3 +151,13 @@ def test_shaping_variance_smoke_reports_both_settings():
     for flag in ("off", "on"):
       assert set(r[f"{name}_{flag}"]) == {"mean_grad_norm", "total_variance"}
       assert r[f"{name}_{flag}"]["total_variance"] >= 0
+
+
+def test_vocab_memory_smoke_chunks_give_the_same_loss():
+  r = _run("vocab_memory.py", "--smoke", "--chunks", "0,8", marker="logit_chunk=")
+  assert r["benchmark"] == "vocab_memory" and [x["logit_chunk"] for x in r["runs"]] == [0, 8]
+  direct, chunked = r["runs"]
+  assert direct["loss"] != 0.0
+  assert chunked["loss"] == pytest.approx(direct["loss"], rel=1e-5)
+  assert chunked["xla_temp_gb"] < direct["xla_temp_gb"]
+  assert r["peak_ratio_to_first"][0] == 1.0

@@ -264,3 +264,16 @@ def write_folder(out: pathlib.Path, folder: Folder, command: str) -> list[str]:
   sums = sorted(f"{f.sha256}  {f.name}" for f in folder.files)
   (target / "SHA256SUMS").write_text("\n".join(sums) + "\n", encoding="utf-8")
   return lines
+
+
+def read_file_or_parquet(roots: Sequence[pathlib.Path], name: str, parquet: str, what: str
+                         ) -> tuple[list[dict], str] | None:
+  """(records, where from) of the upstream file `name` under `roots`, else of the Hub's Parquet
+  files matching `parquet`; None when neither is there."""
+  path = find_one(roots, re.escape(name), what)
+  if path is not None:
+    return read_records(path), str(path)
+  paths = find(roots, parquet)
+  if paths:
+    return read_parquet(paths), ", ".join(map(str, paths))
+  return None

@@ -34,13 +34,7 @@ INPUTS = {"train.jsonl": ("train.jsonl", r"main/train-[^/]*\.parquet"),
 
 def _records(roots: Sequence[pathlib.Path], name: str) -> tuple[list[dict], str] | None:
   jsonl, parquet = INPUTS[name]
-  path = common.find_one(roots, jsonl.replace(".", r"\."), f"GSM8K's {jsonl}")
-  if path is not None:
-    return common.read_records(path), str(path)
-  paths = common.find(roots, parquet)
-  if paths:
-    return common.read_parquet(paths), ", ".join(map(str, paths))
-  return None
+  return common.read_file_or_parquet(roots, jsonl, parquet, f"GSM8K's {jsonl}")
 
 
 def build(roots: Sequence[pathlib.Path]) -> list[common.Folder]:

@@ -43,13 +43,7 @@ def _sorted_unique(records: list[dict], where: str) -> list[dict]:
 
 
 def _read(roots, name: str, parquet: str) -> tuple[list[dict], str] | None:
-  path = common.find_one(roots, name.replace(".", r"\.").replace("-", r"\-"), f"MBPP's {name}")
-  if path is not None:
-    return common.read_records(path), str(path)
-  paths = common.find(roots, parquet)
-  if paths:
-    return common.read_parquet(paths), ", ".join(map(str, paths))
-  return None
+  return common.read_file_or_parquet(roots, name, parquet, f"MBPP's {name}")
 
 
 def build(roots: Sequence[pathlib.Path]) -> list[common.Folder]:

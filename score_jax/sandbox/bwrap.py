@@ -260,6 +260,16 @@ def seccomp_fd() -> int:
   return r
 
 
+def _join(cgroup_procs_files) -> None:
+  """Moves the calling process into each cgroup (writes "0" to its cgroup.procs)."""
+  for path in cgroup_procs_files:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+      os.write(fd, b"0")
+    finally:
+      os.close(fd)
+
+
 def preexec(lay: Layout, uid: int, limits: Limits, cgroup=None):
   """The `preexec_fn` of a run: join the slot's cgroup; as root also stage hidden dirs, mount
   the run's tmpfs, drop to `uid`, set rlimits. None when there is nothing to do.
@@ -277,15 +287,7 @@ def preexec(lay: Layout, uid: int, limits: Limits, cgroup=None):
     if not enter:
       return None
 
-    def join():
-      for path in enter:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-          os.write(fd, b"0")
-        finally:
-          os.close(fd)
-
-    return join
+    return lambda: _join(enter)
   libc = _libc()
   staged = [(src.encode(), dst.encode()) for src, dst in lay.staged]
   options = (f"size={limits.tmp_mb << 20},nr_inodes={limits.tmp_inodes},mode=0755,"
@@ -297,12 +299,7 @@ def preexec(lay: Layout, uid: int, limits: Limits, cgroup=None):
   rlimits = [(getattr(resource, k), v) for k, v in limits.rlimits(processes_extra=64).items()]
 
   def fn():
-    for path in enter:
-      fd = os.open(path, os.O_WRONLY)
-      try:
-        os.write(fd, b"0")
-      finally:
-        os.close(fd)
+    _join(enter)
     if staged or tmpfs:
       if libc.unshare(_CLONE_NEWNS) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")

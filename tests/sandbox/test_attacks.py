@@ -19,7 +19,6 @@ import time
 import pytest
 
 from score_jax import sandbox
-from score_jax.tasks import code
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -28,20 +27,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 def pool():
   with sandbox.SandboxPool(2, timeout_s=10.0) as p:
     yield p
-
-
-@pytest.fixture(scope="module")
-def mbpp(shared_data):
-  task = code.MBPPTask(shared_data, workers=2, timeout_s=20.0)
-  yield task
-  task.close()
-
-
-@pytest.fixture(scope="module")
-def humaneval(shared_data):
-  task = code.HumanEvalTask(shared_data, workers=2, timeout_s=20.0)
-  yield task
-  task.close()
 
 
 def _function_name(problem) -> str:

@@ -10,20 +10,6 @@ from score_jax.tasks import prompts
 from score_jax.tasks import registry
 
 
-@pytest.fixture(scope="module")
-def mbpp(shared_data):
-  task = code.MBPPTask(shared_data, workers=2, timeout_s=20.0)
-  yield task
-  task.close()
-
-
-@pytest.fixture(scope="module")
-def humaneval(shared_data):
-  task = code.HumanEvalTask(shared_data, workers=2, timeout_s=20.0)
-  yield task
-  task.close()
-
-
 def test_split_sizes(mbpp, humaneval):
   sizes = {s: len(mbpp.load(s)) for s in ("train", "validation", "test", "prompt")}
   assert sizes == {"train": 374, "validation": 90, "test": 500, "prompt": 10}
