@@ -1,22 +1,21 @@
 """Orbax checkpoints of a run: the only module that imports Orbax.
 
-Layout: `W/checkpoints/<step>/{params, opt_state, meta}`. `params` and `opt_state` are
-pytrees restored straight into the current mesh's shardings (from an abstract tree of
-`ShapeDtypeStruct`s); `meta` is JSON (step, stage, data position, RNG key data, config).
-Orbax writes each step to a temporary directory and renames it when complete, so a reader
-that lists steps (the eval loop) never sees a half-written checkpoint.
+Layout: `W/checkpoints/<step>/{params, opt_state, meta}`: pytrees restored straight into the
+current mesh's shardings; `meta` is JSON (step, stage, data position, RNG key data, config).
+Orbax writes each step to a temporary directory and renames it when complete: a reader that
+lists steps (the eval loop) never sees a half-written checkpoint.
 
 Integrity: each step also holds `digest`, per-array digests of params and opt_state
 (`score_jax.digest`) written inside the step before Orbax commits it; every restore checks
 them in the saved dtype before the arrays are used. A step that does not match, or cannot be
 read (a garbage or half-copied directory), raises `CorruptCheckpointError` naming its path;
 `restore_first_good` falls back to the next candidate (the previous step), reporting each one
-skipped. Steps written before digests existed restore with a warning. A failed save (async
-saves report at the next save or wait) raises `CheckpointSaveError`: end the process then.
+skipped. Steps written before digests restore with a warning. A failed save (async: at the
+next save or wait) raises `CheckpointSaveError`: end the process then.
 
 Retention: the last `keep` steps plus the best validated step. A step saved with `metrics`
-(the trainer's greedy validation, `score_jax.validation`: every `metrics.KEYS` value and `n`)
-ranks by `best_metric` (higher is better; "-key" ranks lower as better); steps saved
+(the trainer's greedy validation, `score_jax.validation`: every `metrics.keys(A)` value and
+`n`) ranks by `best_metric` (higher is better; "-key" ranks lower as better); steps saved
 without metrics are kept only while among the last `keep`. `select_step` picks the step
 that the eval loop and the experiments evaluate: "best" (that validated step; the latest
 when no step was validated), "latest", or a step number.
@@ -27,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import re
 import sys
 import time
 from typing import Any, Iterator, Sequence
@@ -63,13 +63,15 @@ def _warn(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
-def check_best_metric(best_metric: str) -> str:
-  """The metrics key of `best_metric` ("acc_t2", or "-delta_c2i" for lower is better)."""
+def check_best_metric(best_metric: str, num_attempts: int | None = None) -> str:
+  """The key of `best_metric` ("acc_t2"; "-delta_c2i": lower is better) in `metrics.keys(A)`;
+  A = `num_attempts`, else (config checked at start) as many as the name says (acc_t3: 3)."""
   key = str(best_metric).removeprefix("-")
-  if key not in metrics_lib.KEYS:
+  num_attempts = num_attempts or max([3] + [int(t) for t in re.findall(r"_t(\d+)", key)])
+  if key not in (allowed := metrics_lib.keys(num_attempts)):
     raise ValueError(f"config.checkpoint.best_metric={best_metric!r} is not a validation "
-                     f"metric; choose one of {metrics_lib.KEYS} (a leading '-' ranks lower "
-                     f"as better)")
+                     f"metric of {num_attempts} attempts; choose one of {allowed} (a leading "
+                     f"'-' ranks lower as better)")
   return key
 
 

@@ -8,7 +8,7 @@ first `config.eval.validation_limit` problems (0 = all) of the task's
 splits (HumanEval has none). Each validation
 
   - appends one line to `W/validation/metrics.jsonl` (step, stage, split, n, the metrics of
-    `metrics.KEYS` with standard errors, time_s) and TensorBoard (`W/tensorboard/validation`);
+    `metrics.keys(A)` with standard errors, time_s) and TensorBoard (`W/tensorboard/validation`);
   - forces a checkpoint at that step, saved with the metrics: Orbax keeps the best one by
     `config.checkpoint.best_metric` besides the last `config.checkpoint.keep`, and
     `checkpoint.select_step` (the eval loop, the experiments) evaluates it.
@@ -50,7 +50,8 @@ def check_config(config: Mapping[str, Any]) -> None:
     errors.append(f"config.eval.validation_split={ev['validation_split']!r} must name a split "
                   f"of the task, e.g. 'validation'")
   try:
-    checkpoint_lib.check_best_metric(config["checkpoint"]["best_metric"])
+    checkpoint_lib.check_best_metric(config["checkpoint"]["best_metric"],
+                                     int(config.get("rollout", {}).get("num_attempts", 2)))
   except ValueError as e:
     errors.append(str(e))
   if "checkpoint" in config.get("experiment", {}):
@@ -99,7 +100,7 @@ class Validator:
 
   def maybe_run(self, step: int, stage: str, params: Any) -> dict[str, float] | None:
     """Validates the params after `step` steps when due; returns the checkpoint's metrics
-    (`n` and `metrics.KEYS`), else None."""
+    (`n` and `metrics.keys(A)`), else None."""
     if not self.due(step):
       return None
     ev = self.c.config.eval
@@ -115,7 +116,8 @@ class Validator:
       tqdm.tqdm.write(f"validation at step {step} ({stage}, {result['n']} problems): "
                       f"acc_t1={result['acc_t1']:.3f} acc_t2={result['acc_t2']:.3f} "
                       f"delta={result['delta']:+.3f}")
-    return {k: float(result[k]) for k in ("n", *metrics_lib.KEYS) if k in result}
+    keys = metrics_lib.keys(int(self.c.config.rollout.num_attempts))
+    return {k: float(result[k]) for k in ("n", *keys) if k in result}
 
   def close(self) -> None:
     if self.writer is not None:

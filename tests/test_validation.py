@@ -46,7 +46,8 @@ def _config(*overrides):
     ("--config.eval.validation_split=",
      "config.eval.validation_split='' must name a split of the task"),
     ("--config.checkpoint.best_metric=reward_t2",
-     "config.checkpoint.best_metric='reward_t2' is not a validation metric; choose one of"),
+     "config.checkpoint.best_metric='reward_t2' is not a validation metric of 2 attempts; "
+     "choose one of"),
     ("--config.experiment.checkpoint=newest",
      "config.experiment.checkpoint='newest': choose best, latest or a step number"),
 ])
@@ -233,3 +234,16 @@ def test_checkpoint_needs_once_and_an_existing_step(run):
   with pytest.raises(ValueError, match=r"--checkpoint=5: no finished step 5 in .*\(steps on "
                                        r"disk: 2, 3, 4, 6, 8\)"):
     evaluate.run(_config(*RUN), run, once=True, checkpoint="5")
+
+
+def test_best_metric_of_later_attempts():
+  """With T attempts, checkpoints can be ranked by any metric of those attempts (acc_t3, the
+  second pair's delta, ever_correct); at T = 2 those are not validation metrics."""
+  for metric in ("acc_t3", "-delta_c2i_t2_t3", "ever_correct"):
+    validation.check_config(_config(f"--config.checkpoint.best_metric={metric}",
+                                    "--config.rollout.num_attempts=3"))
+    with pytest.raises(ValueError, match="is not a validation metric of 2 attempts"):
+      validation.check_config(_config(f"--config.checkpoint.best_metric={metric}"))
+  assert checkpoint_lib.check_best_metric("-acc_t4") == "acc_t4"   # after the config check
+  with pytest.raises(ValueError, match="of 3 attempts"):
+    checkpoint_lib.check_best_metric("reward_t2")

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from score_jax import checkpoint as checkpoint_lib
 from score_jax import config_lib
 from score_jax import evaluate
 from score_jax import metrics as metrics_lib
@@ -168,9 +169,16 @@ def test_plan_validates_num_attempts():
 
 
 def test_tiny_config_trains_and_evaluates_three_attempts(tmp_path):
-  config = _tiny("--config.rollout.num_attempts=3")
+  # Validated every 4 steps, checkpoints ranked by the third attempt's accuracy.
+  config = _tiny("--config.rollout.num_attempts=3", "--config.eval.validation_every=4",
+                 "--config.eval.validation_limit=8", "--config.checkpoint.best_metric=acc_t3")
   trainer = train.Trainer(config, tmp_path)
   trainer.run()
+  validated = metrics_lib.read_jsonl(tmp_path / "validation" / "metrics.jsonl")
+  assert [r["step"] for r in validated] == [4, 8]
+  assert all(set(metrics_lib.keys(3)) <= set(r) for r in validated)
+  step, why = checkpoint_lib.select_step(tmp_path / "checkpoints", "best", "acc_t3")
+  assert step in (4, 8) and "acc_t3" in why, why
   rows = metrics_lib.read_jsonl(tmp_path / "train" / "metrics.jsonl")
   assert [r["stage"] for r in rows] == ["sft"] * 4 + ["stage1"] * 2 + ["stage2"] * 2
   assert {"nll_t1", "nll_t2", "nll_t3"} <= set(rows[0])
@@ -178,7 +186,7 @@ def test_tiny_config_trains_and_evaluates_three_attempts(tmp_path):
     assert {"reward_t3", "len_t3", "kl_t3", "entropy_t3", "pg_loss_t3", "tokens_t3",
             "shaped_reward_t3", "delta_t2_t3", "ever_correct"} <= set(row), set(row)
     assert np.isfinite(row["loss"])
-  lines = evaluate.run(config, tmp_path, once=True, checkpoint="latest")
+  lines = evaluate.run(config, tmp_path, once=True, checkpoint="best")
   assert len(lines) == 1
   line = lines[0]
   for key in metrics_lib.keys(3):
