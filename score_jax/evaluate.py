@@ -8,8 +8,9 @@ decoding on the task's eval split, and appends one JSON line per checkpoint to
 answer_changed, edit_distance_ratio, with standard errors) plus TensorBoard scalars, and
 the first responses to `W/eval/samples/<step>.jsonl`. `--once` evaluates one checkpoint and
 exits: `--checkpoint best` (the default: the best step by the training run's validation,
-config.checkpoint.best_metric; the latest when no step was validated), `latest`, or a step
-number; it prints which step and why. Steps already in the metrics file are not evaluated
+config.checkpoint.best_metric; the latest when no step was validated), `latest`, a step
+number, or `init` (the config's initial weights, logged as step 0: the "Base" row); it prints
+which step and why. Steps already in the metrics file are not evaluated
 again. A step that does not match its digests (or cannot be read) is reported and skipped,
 never evaluated: `--once` falls back to the previous good step. A work directory that does
 not exist is refused; a half-written last line of the metrics file (a killed writer) is
@@ -102,7 +103,9 @@ def run(config, workdir: str | pathlib.Path, *, once: bool = False,
         checkpoint: str | int | None = None) -> list[dict[str, Any]]:
   """Evaluates checkpoints of `workdir` (see module docstring); returns the new lines.
 
-  `checkpoint` (best | latest | a step; default best) picks the step of `once`. A step that
+  `checkpoint` (best | latest | a step; default best) picks the step of `once`; `init`
+  evaluates the config's initial weights (config.init.*: the base model, the paper's "Base"
+  row) and logs them as step 0, with no checkpoint needed. A step that
   does not match its digests or cannot be read is reported and skipped, never evaluated:
   `once` then evaluates the next candidate (the previous step for latest, the next best
   for best; none for a step number), following skips it.
@@ -113,12 +116,19 @@ def run(config, workdir: str | pathlib.Path, *, once: bool = False,
   if checkpoint is not None and not once:
     raise ValueError(f"--checkpoint={checkpoint} picks the step of --once; without --once "
                      f"every new checkpoint is evaluated: add --once or drop --checkpoint")
+  init = once and str(checkpoint) == "init"
+  if init:
+    workdir.mkdir(parents=True, exist_ok=True)     # the base row needs no training run
   if not workdir.is_dir():
     raise FileNotFoundError(f"--workdir {workdir} does not exist: pass the --workdir of a "
                             f"training run (python -m score_jax.main ... --workdir W creates "
                             f"it), or start the training run first")
   ckpt_dir = workdir / "checkpoints"
-  if once:
+  if init:
+    choices = [(0, "the config's initial weights (--checkpoint init)")]
+    if jax.process_index() == 0:
+      print(f"evaluating {choices[0][1]} as step 0", flush=True)
+  elif once:
     choices = checkpoint_lib.candidates(ckpt_dir, "best" if checkpoint is None else checkpoint,
                                         config.checkpoint.best_metric)
     if jax.process_index() == 0:
@@ -148,7 +158,8 @@ def run(config, workdir: str | pathlib.Path, *, once: bool = False,
       continue
     reader.reload()
     try:
-      params, _, meta = reader.restore(step, c.base_params)
+      params, _, meta = ((c.base_params, None, {"stage": "init"}) if init else
+                         reader.restore(step, c.base_params))
     except checkpoint_lib.CorruptCheckpointError as e:  # corrupt, or deleted meanwhile
       print(f"skipping {e}", file=sys.stderr, flush=True)
       causes.append(str(e))
@@ -185,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
       sys.argv[1:] if argv is None else argv, __doc__,
       extra=[("--once", dict(action="store_true", help="evaluate one checkpoint, exit")),
              ("--checkpoint", dict(default=None, help="with --once: best (default: by "
-                                   "validation, else the latest) | latest | a step number"))])
+                                   "validation, else the latest) | latest | a step number | "
+                                   "init (the initial weights, as step 0)"))])
   try:
     multihost.maybe_initialize_distributed(config)
     run(config, args.workdir, once=args.once, checkpoint=args.checkpoint)

@@ -169,3 +169,13 @@ def test_nan_losses_skip_then_stop_with_last_good_checkpoint(tmp_path):
   params, _, meta = reader.restore(2, trainer.c.base_params)
   assert meta["step"] == 2
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_eval_once_of_the_initial_weights_is_step_0(tmp_path):
+  """`--checkpoint init`: the base model's row, with no training run and no checkpoint."""
+  workdir = tmp_path / "base_only"
+  lines = evaluate.run(_config(), workdir, once=True, checkpoint="init")
+  assert len(lines) == 1 and lines[0]["step"] == 0 and lines[0]["stage"] == "init"
+  assert lines[0]["n"] == 16 and checkpoint_lib.latest_step(workdir / "checkpoints") is None
+  assert metrics_lib.read_jsonl(workdir / "eval" / "metrics.jsonl")[0]["step"] == 0
+  assert evaluate.run(_config(), workdir, once=True, checkpoint="init") == []   # done
