@@ -18,6 +18,8 @@ import pathlib
 import re
 from typing import Iterable, Sequence
 
+from score_jax.tasks import sources
+
 
 class DataError(ValueError):
   """A data problem, as one line naming the file and the fix."""
@@ -163,11 +165,7 @@ def check_fields(records: Sequence[dict], fields: dict[str, type], where: str) -
         raise DataError(f"{where} record {i}: missing field {field!r} (has {sorted(rec)}); "
                         "is it the upstream file?")
       value = rec[field]
-      if kind is list:
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-      else:
-        ok = isinstance(value, kind) and not isinstance(value, bool)
-      if not ok:
+      if not sources.has_type(value, kind):
         raise DataError(f"{where} record {i}: field {field!r} should be "
                         f"{'a list of strings' if kind is list else kind.__name__}, got "
                         f"{value!r:.60}")

@@ -66,9 +66,12 @@ def Encoder():  # pylint: disable=invalid-name
   _int_bytes, _bit_length, _encode_str = int.to_bytes, int.bit_length, str.encode
   _creal, _cimag = complex.real.__get__, complex.imag.__get__
   _tuple_slice, _dict_items, _slice_all = tuple.__getitem__, dict.items, slice(None)
+  # dict.copy of a subclass that overrides __iter__ goes through its keys() / __getitem__;
+  # dict.items(v) reads the dict's own storage.
   _to_plain = ((int, int.__index__), (float, float.__float__), (str, str.__str__),
-               (bytes, bytes.__bytes__), (list, list.copy), (dict, dict.copy),
-               (set, set.copy), (frozenset, frozenset.copy))
+               (bytes, bytes.__bytes__), (list, list.copy),
+               (dict, lambda v: _dict(_dict_items(v))), (set, set.copy),
+               (frozenset, frozenset.copy))
   _range_parts = (range.start.__get__, range.stop.__get__, range.step.__get__)
   _mro = type.__dict__["__mro__"].__get__
   _type_dict = type.__dict__["__dict__"].__get__

@@ -77,11 +77,7 @@ def _read_records(path: pathlib.Path, fields: dict[str, type]) -> list[tuple[int
   for lineno, record in records:
     for field, kind in fields.items():
       value = record[field]
-      if kind is list:
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-      else:
-        ok = isinstance(value, kind) and not isinstance(value, bool)
-      if not ok:
+      if not sources.has_type(value, kind):
         want = "a list of strings" if kind is list else kind.__name__
         raise ValueError(f"{path}:{lineno}: field {field!r} must be {want}, got "
                          f"{value!r:.80}")

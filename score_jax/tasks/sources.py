@@ -30,6 +30,13 @@ def _check_fields(rec: Any, required: Sequence[str], where: str) -> dict:
   return rec
 
 
+def has_type(value: Any, kind: type) -> bool:
+  """Whether a record field holds a `kind` (`list`: a list of strings; a bool is no int)."""
+  if kind is list:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+  return isinstance(value, kind) and not isinstance(value, bool)
+
+
 def _read_jsonl(path: pathlib.Path, required: Sequence[str]) -> list[tuple[int, dict]]:
   opener = gzip.open if path.name.endswith(".gz") else open
   records = []

@@ -39,6 +39,20 @@ class EqStr(str):
   def __eq__(self, other): return True
 class EqList(list):
   def __eq__(self, other): return True
+class LieInt(int):                 # lies through the conversions an encoder might call
+  def __index__(self): return 3
+  def __int__(self): return 3
+  def __repr__(self): return '3'
+class LieStr(str):
+  def __str__(self): return '3'
+class LieList(list):
+  def __iter__(self): return iter([3])
+  def __len__(self): return 1
+class LieDict(dict):
+  def items(self): return [('k', 3)]
+  def keys(self): return ['k']
+  def __iter__(self): return iter(['k'])
+  def __getitem__(self, key): return 3
 """
 
 
@@ -51,6 +65,12 @@ class EqList(list):
     ("EqList([9])", "EqList([3])", "assert add(1, 2) == [3]"),
     ("[Anything()]", "[3]", "assert add(1, 2) == [3]"),
     ("{'k': Anything()}", "{'k': 3}", "assert add(1, 2) == {'k': 3}"),
+    # Subclasses whose conversion methods report the right value while the value is wrong
+    # (Python itself says LieInt(9) != 3): the encoder must read the builtin's own value.
+    ("LieInt(9)", "LieInt(3)", "assert add(1, 2) == 3"),
+    ("LieStr('9')", "LieStr('3')", "assert add(1, 2) == '3'"),
+    ("LieList([9])", "LieList([3])", "assert add(1, 2) == [3]"),
+    ("LieDict(k=9)", "LieDict(k=3)", "assert add(1, 2) == {'k': 3}"),
 ])
 def test_always_equal_objects_and_subclasses_do_not_pass(pool, wrong_value, right_value, test):
   results = pool.map([ODD_VALUES + f"def add(a, b):\n  return {v}\n"
