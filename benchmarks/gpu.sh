@@ -8,11 +8,13 @@
 # can be given them as wheels in .whl/ (see benchmarks/README.md, "GPU machine"); they are
 # installed into /tmp/site first. Each part has its own time limit so that one slow part
 # cannot eat the others' time; PART_LIMIT_S (default 200) sets it. PARTS picks parts
-# (default: all of "sampler attention train_step memory").
+# (default: all of "sampler attention train_step memory rl_step rl_step_qwen"). rl_step*: one
+# whole Stage II step with a MATH length distribution beside transformers' two-turn rollout
+# (benchmarks/rl_step.py; RL_LIMIT_S, default 420, limits each of them).
 set -u -o pipefail
 OUT=${OUT:-/tmp/score_jax_gpu}
 LIMIT=${PART_LIMIT_S:-200}
-PARTS=${PARTS:-sampler attention train_step memory}
+PARTS=${PARTS:-sampler attention train_step memory rl_step rl_step_qwen}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -43,3 +45,6 @@ part train_step python3 benchmarks/train_step.py --workload anchor --reps 5 --al
 part memory env JAX_PLATFORMS=cuda python3 benchmarks/memory.py --anchor --devices 1 \
   --remat "${MEMORY_REMAT:-none,full,dots}" \
   --dtype bfloat16 --reps 5 --warmup 1
+LIMIT=${RL_LIMIT_S:-420} part rl_step python3 benchmarks/rl_step.py --workload anchor --reps 2
+LIMIT=${RL_LIMIT_S:-420} part rl_step_qwen python3 benchmarks/rl_step.py --workload qwen1p5b \
+  --reps 1

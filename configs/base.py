@@ -81,15 +81,18 @@ def get_config() -> ml_collections.ConfigDict:
       train_split="train",           # split used for RL rollouts
       eval_split="test",             # split used by the eval loop
       eval_limit=0,                  # evaluate on the first N problems (0 = all)
+      num_shots=0,                   # gsm8k: worked exemplars in the prompt (0 = zero-shot)
+      kinds="2d+,2d-,3d+,3d-,2dx,1dc",  # arithmetic: question kinds (tasks/arithmetic.py)
       workers=2,                     # grader / sandbox worker processes
       timeout_s=10.0,                # per-item grading / execution wall-clock limit
       sandbox_cgroups=True,          # code tasks: a cgroup per sandbox slot (memory and
                                      # process limits per run); False: per process only
-      # Synthetic tasks only (toy, sorting):
+      # Synthetic tasks only (toy, sorting, parity):
       min_len=5,                     # shortest word
       max_len=8,                     # longest word
       error_rate=0.3,                # the demonstrations' random-error rate
-      blind_spot_rate=0.0,           # sorting: rate of the solver's systematic mistake
+      blind_spot_rate=0.0,           # sorting: rate of the solver's systematic mistake;
+                                     # parity: rate of its wrong first bit
   ))
 
   # Rollouts: attempt 1, then num_attempts - 1 corrections, each after the instruction.
@@ -108,6 +111,10 @@ def get_config() -> ml_collections.ConfigDict:
       samples_per_prompt=2,          # k rollouts per prompt (leave-one-out needs k >= 2)
       offline_fraction=0.0,          # Stage II: share of first attempts taken from the base model
       star_right_right=True,         # STaR: also keep right -> right traces (the paper's D+)
+      batching="fixed",              # fixed | continuous (score_jax.continuous: slots refilled
+                                     # as rows stop; faster on long-tailed lengths)
+      slots=0,                       # continuous: rows decoded at once (0 = the batch size)
+      segment_steps=64,              # continuous: most decode steps between host refills
   ))
 
   # SCoRe objective (paper Table 5 defaults for MATH). The losses are token means over an
@@ -162,6 +169,9 @@ def get_config() -> ml_collections.ConfigDict:
       micro_batches=1,               # gradient accumulation over this many micro-batches
       logit_chunk=0,                 # project to the vocabulary this many positions at a
                                      # time (0: all at once); memory only, same math
+      compact_episodes=True,         # drop the columns no row of the step needs (padding);
+                                     # speed only, same math (tests/rl/test_compact.py)
+      compact_bucket=64,             # ... padding back to a multiple of this many columns
       log_every=1,                   # write train metrics every N steps
       max_nan_steps=3,               # stop after this many non-finite losses in a row
       tensorboard=True,              # also write TensorBoard scalars

@@ -9,7 +9,8 @@
 #      --repo URL a `git clone` on every worker instead
 #   2. on every worker (`tpu-vm ssh --worker=all`): launch/tpu_worker.sh setup: Python >= 3.11
 #      (the TPU images ship 3.10; JAX 0.10 needs 3.11), a venv, then in one pip call
-#      "jax[tpu]==0.10.2" -r requirements.txt -e . so every worker gets the same versions
+#      "jax[tpu]==0.10.2" -r requirements.txt -e ".[tpu,gcs]" so every worker gets the same
+#      versions, libtpu from PyPI and gcsfs / google-cloud-storage for gs:// work directories
 #   3. a multi-host check on every worker: jax.distributed.initialize() and an all-gather
 #      of the process ids (skip with --no-check)
 #

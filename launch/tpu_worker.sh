@@ -5,6 +5,7 @@
 # Usage:
 #   launch/tpu_worker.sh setup  [--venv DIR] [--jax-version V]    install Python >= 3.11,
 #                                                                 jax[tpu] and the project
+#                                                                 with its [tpu,gcs] extras
 #   launch/tpu_worker.sh check  [--venv DIR]                      multi-host hello world
 #   launch/tpu_worker.sh run    [--job NAME] [--log-dir DIR] [--detach] -- COMMAND...
 #   launch/tpu_worker.sh stop   [--job NAME] [--log-dir DIR]
@@ -104,8 +105,11 @@ cmd_setup() {
     "$py" -m venv "$VENV"
   fi
   "$VENV/bin/python" -m pip install -q -U pip
-  # One resolver call: jax[tpu] (with its libtpu) and the pinned requirements together.
-  "$VENV/bin/python" -m pip install -q "jax[tpu]==$JAX_VERSION" -r requirements.txt -e .
+  # One resolver call: jax[tpu] (its libtpu comes from PyPI; no -f index since jax 0.4.3x),
+  # the exact CI pins of requirements.txt, and the project with its [tpu] and [gcs] extras
+  # (gcsfs and google-cloud-storage: the gs:// work directories these scripts require).
+  "$VENV/bin/python" -m pip install -q "jax[tpu]==$JAX_VERSION" -r requirements.txt \
+    -e ".[tpu,gcs]"
   "$VENV/bin/python" - "$JAX_VERSION" "$W" <<'EOF'
 import platform, sys
 import jax, jaxlib

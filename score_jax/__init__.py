@@ -1,8 +1,10 @@
 """score_jax: SCoRe (Kumar et al., arXiv 2409.12917) in JAX / Flax NNX.
 
 Public API (imported lazily so that `import score_jax` stays cheap):
-  score_jax.load(path, *, dtype=..., mesh=None) -> LM
+  score_jax.load(path_or_hub_id, *, dtype=..., mesh=None) -> LM
+      an HF directory, a .gguf file, a Gemma Orbax directory or a Hub id "org/name"
   score_jax.export_hf(lm, out_dir)
+A trained run's checkpoint as a Hugging Face model: python -m score_jax.export.
 """
 
 __version__ = "0.1.0"

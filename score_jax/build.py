@@ -45,7 +45,8 @@ class Components:
                                   extra=r.max_instruction_len, turn2=turn2,
                                   attempts=int(r.get("num_attempts", 2)))
     return rollout_lib.MultiTurnSampler(self.graphdef, self.tokenizer, self.chat, self.task,
-                                        lengths, model_vocab=self.model_config.vocab_size)
+                                        lengths, model_vocab=self.model_config.vocab_size,
+                                        **rollout_lib.batching_kwargs(r))
 
 
 def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
@@ -81,6 +82,8 @@ def build(config: ml_collections.ConfigDict, *, with_params: bool = True) -> Com
     from score_jax.hub import lm as lm_lib  # pylint: disable=import-outside-toplevel
     lm = lm_lib.load(config.init.checkpoint, dtype=config.model.param_dtype,
                   compute_dtype=config.model.dtype, mesh=mesh)
+    if jax.process_index() == 0:
+      lm_lib.warn_if_base_chat(lm, config.chat_format)
     model_config = lm.config.replace(remat=config.model.remat,
                                       attention=config.model.attention)
     tokenizer = lm.tokenizer if config.tokenizer.kind == "auto" else _tokenizer(config, task)

@@ -10,8 +10,9 @@ Integrity: each step also holds `digest`, per-array digests of params and opt_st
 them in the saved dtype before the arrays are used. A step that does not match, or cannot be
 read (a garbage or half-copied directory), raises `CorruptCheckpointError` naming its path;
 `restore_first_good` falls back to the next candidate (the previous step), reporting each one
-skipped. Steps written before digests restore with a warning. A failed save (async: at the
-next save or wait) raises `CheckpointSaveError`: end the process then.
+skipped. Steps written before digests restore with a warning. A step of another model
+(arrays that do not fit the target) raises `TreeMismatchError`, never skipped. A failed save
+(async: at the next save or wait) raises `CheckpointSaveError`: end the process then.
 
 Retention: the last `keep` steps plus the best validated step. A step saved with `metrics`
 (the trainer's greedy validation, `score_jax.validation`: every `metrics.keys(A)` value and
@@ -39,9 +40,11 @@ from jax.experimental import multihost_utils
 
 from score_jax import digest as digest_lib
 from score_jax import metrics as metrics_lib
+from score_jax import run_config as run_config_lib
 
 CHOICES = ("best", "latest")     # and step numbers: which checkpoint `select_step` picks
 CorruptCheckpointError = digest_lib.CorruptCheckpointError
+TreeMismatchError = run_config_lib.TreeMismatchError     # another model's checkpoint
 
 
 class _QuietMissingMetrics(logging.Filter):
@@ -221,12 +224,14 @@ class Checkpointer:
         if records is not None and name not in records:
           raise CorruptCheckpointError(f"checkpoint step {step} at {path}: no {name} digest")
         target = abstract_tree(like)
+        run_config_lib.check_fits(target, records, name, f"checkpoint step {step} at {path}")
         items[name] = ocp.args.StandardRestore(
             target if records is None else digest_lib.restore_target(target, records[name]))
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    except CorruptCheckpointError:
+    except (CorruptCheckpointError, TreeMismatchError):
       raise
     except Exception as e:  # pylint: disable=broad-except
+      run_config_lib.raise_if_mismatch(e, f"checkpoint step {step} at {path}")
       raise CorruptCheckpointError(f"checkpoint step {step} at {path} cannot be read: "
                                    f"{type(e).__name__}: {str(e)[:300]}") from e
     out = {}
@@ -343,11 +348,9 @@ def latest_step(directory: str | pathlib.Path) -> int | None:
 def restore_params(directory: str | pathlib.Path, like: Any, step: int | None = None
                    ) -> tuple[Any, dict[str, Any], int]:
   """(params, meta, step) of `step` (default: the latest good step: a corrupt or unreadable
-  later step is reported and skipped) in `like`'s shardings, verified against its digests.
-
-  Raises FileNotFoundError naming the directory when it holds no finished checkpoint, and
-  CorruptCheckpointError when no step (or not the asked `step`) is good.
-  """
+  later step is reported and skipped) in `like`'s shardings, verified against its digests;
+  FileNotFoundError when the directory holds no finished checkpoint, CorruptCheckpointError
+  when no step (or not the asked `step`) is good."""
   reader = Checkpointer(directory, read_only=True, keep_best=False)
   steps = sorted(reader.all_steps(), reverse=True) if step is None else [step]
   if not steps:
@@ -358,11 +361,8 @@ def restore_params(directory: str | pathlib.Path, like: Any, step: int | None = 
 
 def follow(directory: str | pathlib.Path, *, poll_s: float, timeout_s: float,
            start_after: int | None = None) -> Iterator[int]:
-  """Yields each new finished checkpoint step in `directory`, oldest first.
-
-  Stops after `timeout_s` seconds without a new step. Steps the trainer deletes before
-  we reach them are skipped.
-  """
+  """Yields each new finished checkpoint step in `directory`, oldest first, until `timeout_s`
+  seconds pass without a new one; steps deleted before we reach them are skipped."""
   reader = Checkpointer(directory, read_only=True, keep_best=False)
   last = -1 if start_after is None else start_after
   waited_since = time.monotonic()

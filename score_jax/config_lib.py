@@ -179,6 +179,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "model.query_pre_attn_scalar": ("None|>0", "None = head_dim"),
     "task.eval_limit": ("int>=0", "0 evaluates every problem"),
     "task.workers": ("int>=1", "grader / sandbox processes, e.g. 2"),
+    "task.num_shots": ("int>=0", "GSM8K few-shot exemplars in the prompt, 0 (zero-shot) to 8"),
     "task.timeout_s": (">0", "per-item grading limit in seconds, e.g. 10.0; 0 would "
                              "grade every answer wrong"),
     "task.min_len": ("int>=1", "shortest synthetic word, e.g. 5"),
@@ -194,6 +195,8 @@ RANGES: dict[str, tuple[str, str]] = {
     "rollout.top_p": ("(0,1]", "1.0 = off"),
     "rollout.samples_per_prompt": ("int>=1", "rollouts per prompt, e.g. 2"),
     "rollout.offline_fraction": ("[0,1)", "a share of first attempts, e.g. 0.0"),
+    "rollout.slots": ("int>=0", "continuous batching slots, 0 = the batch size"),
+    "rollout.segment_steps": ("int>=1", "decode steps between refills, e.g. 64"),
     **{f"rl.{f}": (">=0", "a weight; the paper: alpha 10, beta1 0.01, beta2 0.1")
        for f in ("alpha", "beta1", "beta2")},
     **{f"plan.{f}": ("int>=0", "steps of a stage, 0 = skip it")
@@ -212,6 +215,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "train.sft_batch_size": ("int>=1", "sequences per sft step, e.g. 32"),
     "train.micro_batches": ("int>=1", "1 = no accumulation"),
     "train.logit_chunk": ("int>=0", "0 = all positions at once"),
+    "train.compact_bucket": ("int>=1", "columns per shape bucket, e.g. 64"),
     "train.log_every": ("int>=1", "1 = every step"),
     "train.max_nan_steps": ("int>=1", "e.g. 3"),
     "checkpoint.every": ("int>=1", "steps between checkpoints, e.g. 2"),

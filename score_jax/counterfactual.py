@@ -38,9 +38,9 @@ import numpy as np
 
 from score_jax import build as build_lib
 from score_jax import config_lib
-from score_jax import evaluate
 from score_jax import sampler as sampler_lib
 from score_jax import scaling
+from score_jax import startup
 from score_jax.rl import rollout as rollout_lib
 from score_jax.tasks import base as task_base
 
@@ -205,7 +205,7 @@ def run(config, workdir: str | pathlib.Path, *, checkpoint: str = "best",
   c = build_lib.build(config)
   params, why = scaling.load_params(c, workdir, checkpoint)
   print(f"counterfactual: {why}", flush=True)
-  problems = evaluate.eval_problems(c)
+  problems = startup.eval_problems(c)
   table = counterfactual_table(
       c, params, problems, temperature=temperature, seed=seed,
       batch_size=int(config.eval.batch_size), turn1_tokens=config.eval.max_turn1_tokens,

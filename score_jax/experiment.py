@@ -96,13 +96,14 @@ def base_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.
   return c
 
 
-def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, force: bool = False
+           ) -> None:
   """Runs (or resumes, or skips when finished) one training run."""
   total = plan_lib.total_steps(plan_lib.build_plan(config.plan))
   if checkpoint_lib.latest_step(workdir / "checkpoints") == total:
     print(f"{workdir}: already trained ({total} steps)", flush=True)
     return
-  train.Trainer(config, workdir).run()
+  train.Trainer(config, workdir, force=force).run()
 
 
 def _final_params(workdir: pathlib.Path, like: Any,
@@ -128,8 +129,10 @@ def _parse_list(text: str, cast=str) -> list:
   return [cast(x.strip()) for x in str(text).split(",") if x.strip()]
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Runs the experiment of `config.experiment` in `workdir`; returns results.json's content."""
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, force: bool = False
+        ) -> dict[str, Any]:
+  """Runs the experiment of `config.experiment` in `workdir`; returns results.json's content.
+  `force`: resume runs whose config changed (`train.Trainer`)."""
   workdir = pathlib.Path(workdir)
   config_lib.check_ranges(config)
   exp = config.experiment
@@ -145,7 +148,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
     print(f"=== seed {seed}: base model ===", flush=True)
     base_dir = seed_dir / "base"
     base_cfg = base_config(config, seed)
-    _train(base_cfg, base_dir)
+    _train(base_cfg, base_dir, force)
     c = build_lib.build(base_cfg)
     problems = evaluate_lib.eval_problems(c)
     base_params = _final_params(base_dir, c.base_params)
@@ -155,7 +158,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
         params = base_params
       else:
         mdir = seed_dir / method
-        _train(method_config(config, method, seed, str(base_dir / "checkpoints")), mdir)
+        _train(method_config(config, method, seed, str(base_dir / "checkpoints")), mdir, force)
         params = _final_params(mdir, c.base_params, config)
       # Self-Refine: the base model, prompted to critique its first attempt, then revise.
       instruction = (prompts.self_refine_instruction(config.task.name)

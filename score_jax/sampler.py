@@ -35,6 +35,7 @@ from flax import nnx
 
 from score_jax import mesh as mesh_lib
 from score_jax import multihost
+from score_jax import stops as stops_lib
 from score_jax.model.transformer import KVCache, init_cache
 
 
@@ -211,7 +212,7 @@ class SampleOutput:
     logprobs_BS: float32 log pi(token | context) at temperature 1; 0.0 where not valid.
     valid_BS: bool, generated and not after the stop token.
     lengths_B: int32 number of valid new tokens (stop token included).
-    done_B: bool, the row stopped on a stop token.
+    done_B: bool, the row stopped on a stop token or a stop sequence.
     cache: the KVCache after the call (prompt + all fed tokens), to continue from.
   """
   tokens_BS: jax.Array
@@ -230,7 +231,8 @@ def _last_valid(x_BTD: jax.Array, valid_BT: jax.Array) -> jax.Array:
 
 
 def _generate_impl(graphdef, params, tokens_BT, valid_BT, max_new_B, rng, cache, *,
-                   max_new_tokens, method, stop_ids, pad_id, max_cache_len, mesh):
+                   max_new_tokens, method, stop_ids, pad_id, max_cache_len, mesh,
+                   stop_sequences=()):
   dtype = jnp.dtype(nnx.merge(graphdef, params).config.dtype)
   # Matrices in the compute dtype once, not at every step: the same values the model
   # would cast them to at use (decode is memory-bound); 1-D norm scales stay as stored.
@@ -245,14 +247,15 @@ def _generate_impl(graphdef, params, tokens_BT, valid_BT, max_new_B, rng, cache,
   x_BTD, cache = model.hidden(tokens_BT, valid_BT, cache)
   logits_BV = model.logits(_last_valid(x_BTD, valid_BT))
   stops = jnp.asarray(stop_ids, jnp.int32)
+  seqs_SL = jnp.asarray(stops_lib.stop_array(stop_sequences)) if stop_sequences else None
 
   def cond(carry):
-    i, _, _, _, _, _, done_B = carry
+    i, _, _, _, _, _, done_B = carry[:7]
     finished_B = done_B | (i >= max_new_B)
     return (i < S) & ~jnp.all(finished_B)
 
   def body(carry):
-    i, cache, logits_BV, tokens_BS, logprobs_BS, valid_BS, done_B = carry
+    i, cache, logits_BV, tokens_BS, logprobs_BS, valid_BS, done_B = carry[:7]
     active_B = ~done_B & (i < max_new_B)
     token_B = method.sample(jax.random.fold_in(rng, i), logits_BV)
     logprob_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BV, axis=-1),
@@ -264,16 +267,22 @@ def _generate_impl(graphdef, params, tokens_BT, valid_BT, max_new_B, rng, cache,
     valid_BS = jax.lax.dynamic_update_slice(valid_BS, active_B[:, None], (0, i))
     if stop_ids:
       done_B = done_B | (active_B & jnp.any(token_B[:, None] == stops[None, :], axis=1))
+    tail = ()
+    if stop_sequences:   # the last L generated tokens of each row (see score_jax.stops)
+      tail = (stops_lib.push(carry[7], token_B, active_B),)
+      done_B = done_B | (active_B & stops_lib.matches(tail[0], seqs_SL))
     step = nnx.merge(graphdef, params)
     x_B1D, cache = step.hidden(token_B[:, None], active_B[:, None], cache)
     logits_BV = step.logits(x_B1D[:, 0])
-    return i + 1, cache, logits_BV, tokens_BS, logprobs_BS, valid_BS, done_B
+    return (i + 1, cache, logits_BV, tokens_BS, logprobs_BS, valid_BS, done_B) + tail
 
   carry = (jnp.zeros((), jnp.int32), cache, logits_BV,
            jnp.full((B, S), pad_id, jnp.int32), jnp.zeros((B, S), jnp.float32),
            jnp.zeros((B, S), bool), jnp.zeros((B,), bool))
+  if stop_sequences:
+    carry += (stops_lib.empty_tail(B, seqs_SL.shape[1]),)
   _, cache, _, tokens_BS, logprobs_BS, valid_BS, done_B = jax.lax.while_loop(
-      cond, body, carry)
+      cond, body, carry)[:7]
   return SampleOutput(tokens_BS=tokens_BS, logprobs_BS=logprobs_BS, valid_BS=valid_BS,
                       lengths_B=valid_BS.sum(axis=1).astype(jnp.int32), done_B=done_B,
                       cache=cache)
@@ -282,7 +291,7 @@ def _generate_impl(graphdef, params, tokens_BT, valid_BT, max_new_B, rng, cache,
 _generate_jit = jax.jit(
     _generate_impl,
     static_argnames=("graphdef", "max_new_tokens", "method", "stop_ids", "pad_id",
-                     "max_cache_len", "mesh"),
+                     "max_cache_len", "mesh", "stop_sequences"),
     donate_argnames=("cache",))
 
 
@@ -300,8 +309,8 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: Any, valid_BT
              max_new_tokens: int, method: Method, rng: jax.Array | None = None,
              stop_ids: Sequence[int] | np.ndarray = (), pad_id: int = 0,
              cache: KVCache | None = None, max_cache_len: int | None = None,
-             max_new_tokens_B: Any = None, mesh: jax.sharding.Mesh | None = None
-             ) -> SampleOutput:
+             max_new_tokens_B: Any = None, mesh: jax.sharding.Mesh | None = None,
+             stop_sequences: Sequence[Sequence[int]] = ()) -> SampleOutput:
   """Samples up to `max_new_tokens` tokens per row after the chunk `tokens_BT`.
 
   Args:
@@ -321,6 +330,8 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: Any, valid_BT
       cover every later continuation too.
     max_new_tokens_B: optional int per-row limits (<= max_new_tokens).
     mesh: mesh to run on (default: the mesh the params are sharded on, if any).
+    stop_sequences: token-id sequences that end a row when its generated tokens end with
+      one (kept as its last valid tokens, like a stop id; `score_jax.stops`).
 
   Returns:
     SampleOutput (see its docstring); logprobs are temperature-1, unfiltered.
@@ -365,4 +376,5 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: Any, valid_BT
   with ctx:
     return _generate_jit(graphdef, params, tokens_BT, valid_BT, max_new_B, rng, cache,
                          max_new_tokens=max_new_tokens, method=method, stop_ids=stop_ids,
-                         pad_id=int(pad_id), max_cache_len=max_cache_len, mesh=mesh)
+                         pad_id=int(pad_id), max_cache_len=max_cache_len, mesh=mesh,
+                         stop_sequences=stops_lib.canonical(stop_sequences))

@@ -50,8 +50,8 @@ import numpy as np
 from score_jax import build as build_lib
 from score_jax import checkpoint as checkpoint_lib
 from score_jax import config_lib
-from score_jax import evaluate
 from score_jax import sampler as sampler_lib
+from score_jax import startup
 from score_jax.tasks import base as task_base
 
 DEFAULT_BUDGETS = (2, 4, 8, 16, 32)
@@ -163,7 +163,7 @@ def run(config, workdir: str | pathlib.Path, *, checkpoint: str = "best",
   c = build_lib.build(config)
   params, why = load_params(c, workdir, checkpoint)
   print(f"scaling: {why}", flush=True)
-  problems = evaluate.eval_problems(c)
+  problems = startup.eval_problems(c)
   rewards_NCA, texts = sample_chains(
       c, params, problems, chains=max(budgets), temperature=temperature, seed=seed,
       batch_size=int(config.eval.batch_size), turn1_tokens=config.eval.max_turn1_tokens,

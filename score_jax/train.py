@@ -38,6 +38,7 @@ from score_jax import mesh as mesh_lib
 from score_jax import metrics as metrics_lib
 from score_jax import multihost
 from score_jax import reshard as reshard_lib
+from score_jax import run_config
 from score_jax import sampler as sampler_lib
 from score_jax import validation as validation_lib
 from score_jax.rl import baselines
@@ -87,8 +88,16 @@ def _concat_rows(mesh: jax.sharding.Mesh, episodes: list[episode_lib.Episode]
   return jax.tree.map(rows, *episodes)
 
 
-def global_batch(parts: Parts, mesh: jax.sharding.Mesh | None) -> episode_lib.Episode:
-  """The step's global Episode (sub-batches stacked row-wise) from this process's rows."""
+def global_batch(parts: Parts, mesh: jax.sharding.Mesh | None,
+                 compact_bucket: int = 0) -> episode_lib.Episode:
+  """The step's global Episode (sub-batches stacked row-wise) from this process's rows, with
+  `compact_bucket` > 0 (config.train.compact_*) without the columns no row needs on any
+  process (a collective), padded to a multiple of it (`episode.compact_columns`: same math)."""
+  if compact_bucket:
+    keep_T = np.any([row for ep, split in parts for row in multihost.gather_rows(
+        list(episode_lib.needed_columns(ep)), split)], axis=0)
+    parts = [(episode_lib.compact_columns(ep, keep_T, compact_bucket), split)
+             for ep, split in parts]
   if all(split.is_everything for _, split in parts):
     episode = episode_lib.concat([ep for ep, _ in parts])
     return jax.tree.map(lambda x: multihost.put_batch(x, mesh), episode)
@@ -110,14 +119,15 @@ def loss_config(config: ml_collections.ConfigDict, stage: str) -> losses.LossCon
 class Trainer:
   """Owns the run's state and side effects (see module docstring)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+               force: bool = False):
     config_lib.check_ranges(config)
     plan_lib.validate(config)
     validation_lib.check_config(config)
     self.config, self.workdir = config, checkpoint_lib.as_path(workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-      (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    # W/config.json; resuming with a changed config refuses unless it is safe or `force`.
+    run_config.record_run_config(self.workdir, config, force=force,
+                                 is_writer=jax.process_index() == 0)
     ck = config.checkpoint
     # Before any weights load: an unwritable directory fails here (CheckpointSaveError).
     self.ckpt = checkpoint_lib.Checkpointer(self.workdir / "checkpoints", every=ck.every,
@@ -141,6 +151,8 @@ class Trainer:
     self.sampling = reshard_lib.SamplingParams(fsdp=config.mesh.sampling_fsdp)
     self.shardings = step_lib.step_shardings(self.optimizer, self.c.base_params, self.c.mesh)
     self._steps: dict[str, Any] = {}
+    self.compact_bucket = (int(config.train.compact_bucket)     # see global_batch
+                           if config.train.get("compact_episodes", False) else 0)
     # Greedy validation every config.eval.validation_every steps (score_jax.validation).
     self.validator = validation_lib.Validator(self.c, self.workdir, self.total,
                                               is_writer=self.is_writer)
@@ -349,7 +361,7 @@ class Trainer:
         parts, stats = self.rl_batch(stage, params, ref, data, step_key)
       reshard_s = self.sampling.release()   # sampling copies are freed before training
       t_rollout = time.perf_counter() - t0
-      batch = global_batch(parts, self.c.mesh)
+      batch = global_batch(parts, self.c.mesh, self.compact_bucket)
       params, opt_state, out = self.step_fn(stage)(params, opt_state, ref if ref is not None
                                                    else params, batch)
       out = {k: float(v) for k, v in jax.device_get(out).items()}

@@ -18,6 +18,7 @@ BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import _common  # noqa: E402  pylint: disable=wrong-import-position
+import _rl_workload as rl_workload  # noqa: E402  pylint: disable=wrong-import-position
 import sampler as bench_sampler  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -161,3 +162,52 @@ def test_vocab_memory_smoke_chunks_give_the_same_loss():
   assert chunked["loss"] == pytest.approx(direct["loss"], rel=1e-5)
   assert chunked["xla_temp_gb"] < direct["xla_temp_gb"]
   assert r["peak_ratio_to_first"][0] == 1.0
+
+
+def _check_rl_step(r: dict) -> None:
+  """The rl_step record's bookkeeping: every mode's parts add up to its step time."""
+  assert r["benchmark"] == "rl_step" and r["workload"]["name"] == "cpu-smoke"
+  assert r["checks"] == {"ours_lengths_match_targets": True, "theirs_lengths_match_targets": True}
+  assert "fixed" in r["batching"] and r["reps"] == 1
+  for mode in r["batching"]:
+    s = r[mode]
+    b = s["breakdown"]
+    parts = ("grading_wait_s", "reference_s", "update_s", "host_s")
+    assert all(b[k] >= 0 for k in parts + ("sampling_s",))
+    assert b["sampling_s"] + sum(b[k] for k in parts) == pytest.approx(b["step_s"], rel=1e-6)
+    if b["prefill_s"] is not None:           # the fixed batch splits its generate calls
+      split = b["prefill_s"] + b["decode_useful_s"] + b["idle_rows_s"]
+      assert split == pytest.approx(b["sampling_s"], rel=1e-6)
+    assert b["slot_steps"] == b["useful_tokens"] + b["idle_slot_steps"]
+    assert b["idle_slot_steps"] >= 0
+    assert s["rollout_useful_tokens_per_s"] == pytest.approx(
+        b["useful_tokens"] / b["sampling_s"])
+    assert b["grading_wait_s"] <= b["grading_total_s"] + 1e-9
+  assert r["theirs"]["rollout_useful_tokens_per_s"] > 0
+  assert r["lengths"]["scaled"]["p99"] <= r["workload"]["turn_tokens"] == 16
+
+
+def test_rl_step_smoke_breakdown_adds_up_to_the_step():
+  r = _run("rl_step.py", "--smoke", "--batching", "fixed", marker="rl_step (Stage II)")
+  assert r["batching"] == ["fixed"] and r["fixed"]["breakdown"]["prefill_s"] is not None
+  _check_rl_step(r)
+
+
+@pytest.mark.slow
+def test_rl_step_smoke_every_batching_mode():
+  """17 s at load 6 (2 min at load 15): fixed and, where the checkout has it, continuous."""
+  _check_rl_step(_run("rl_step.py", "--smoke", marker="rl_step (Stage II)"))
+
+
+def test_rl_workload_accounting_by_hand():
+  # rows of 3, 1 and 5 tokens in a 6-wide decode: 5 iterations x 3 slots, 9 useful, 6 idle
+  assert rl_workload.slot_steps([3, 1, 5], 6) == (5, 9, 6)
+  assert rl_workload.slot_steps([7, 2], 6) == (6, 8, 4)   # a length above the width is cut
+  # t(1) = 0.5 = prefill + step; t(5) = 0.9 -> step = 0.1, prefill 0.4, decode 0.5
+  prefill, decode = rl_workload.split_call(0.9, 0.5, 5)
+  assert (prefill, decode) == (pytest.approx(0.4), pytest.approx(0.5))
+  # grading [1, 4] and [3, 6] (union [1, 6]) against busy [2, 3] and [5, 10]: 5 - 1 - 1 = 3
+  assert rl_workload.uncovered([(1, 4), (3, 6)], [(2, 3), (5, 10)]) == pytest.approx(3.0)
+  assert rl_workload.uncovered([(0, 1)], []) == 1.0
+  # 1024-token budget scaled to 128: 100 -> 12.5 -> 12 (round half to even), cap, floor of 1
+  assert rl_workload.scaled_lengths([100, 2000, 3, 1024], 128).tolist() == [12, 128, 1, 128]

@@ -59,9 +59,10 @@ def _free_port() -> int:
 
 
 def launch(mode: str, args: list[str], *, processes: int, devices: int,
-           log_dir: pathlib.Path, timeout: float) -> None:
-  """Runs `processes` copies of this file's worker `mode`, each with `devices` CPU devices;
-  raises with their logs unless all exit 0."""
+           log_dir: pathlib.Path, timeout: float, module: str = "tests.test_multiprocess"
+           ) -> None:
+  """Runs `processes` copies of `module`'s worker `mode` (default: this file's), each with
+  `devices` CPU devices; raises with their logs unless all exit 0."""
   port = _free_port()
   procs, logs = [], []
   for i in range(processes):
@@ -76,7 +77,7 @@ def launch(mode: str, args: list[str], *, processes: int, devices: int,
     log = log_dir / f"{mode}.{processes}x{devices}.{i}.log"
     logs.append(log)
     with open(log, "w") as f:
-      procs.append(subprocess.Popen([sys.executable, "-m", "tests.test_multiprocess", mode,
+      procs.append(subprocess.Popen([sys.executable, "-m", module, mode,
                                      *args], cwd=REPO, env=env, stdout=f,
                                     stderr=subprocess.STDOUT))
   try:

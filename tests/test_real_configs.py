@@ -371,3 +371,34 @@ def test_rollout_never_samples_ids_the_tokenizer_lacks(tmp_path, shared_data, co
                                     rng=jax.random.key(0))
   ep = result.episode
   assert ep.tokens_BT[ep.turn1_mask_BT | ep.turn2_mask_BT].max() < c.tokenizer.vocab_size
+
+
+# ----------------------------------------------------------------------------- Gemma 3 270M (GGUF)
+
+def test_gemma3_270m_gsm8k_config(monkeypatch):
+  """The base-model GGUF config: 4-shot GSM8K, plain chat, valid once a checkpoint is given,
+  and the docstring's commands name this config and only fields that exist."""
+  path = _config_path("gemma3_270m_gsm8k")
+  c = config_lib.load(path)
+  assert tuple(c.required_fields) == ("init.checkpoint",) and c.init.checkpoint == ""
+  assert (c.task.name, c.task.num_shots, c.chat_format) == ("gsm8k", 4, "plain")
+  assert c.model.family == "gemma3" and c.train.logit_chunk == 256
+  rows = c.train.batch_size * c.rollout.samples_per_prompt // c.train.micro_batches
+  assert rows % c.rollout.samples_per_prompt == 0
+  # 4-shot test prompts are 453-701 Gemma tokens (score_jax/tasks/gsm8k.py, the config)
+  assert c.rollout.max_prompt_len >= 701
+  plan_lib.validate(_with_checkpoint(c))
+  with pytest.raises(ValueError, match="--config.init.checkpoint="):
+    plan_lib.validate(c)
+  monkeypatch.chdir(REPO_ROOT)
+  doc = ast.get_docstring(ast.parse(path.read_text()))
+  commands = [[module, *shlex.split(args.replace("\\\n", " "))] for module, args in re.findall(
+      r"python -m (score_jax\.(?:main|evaluate)) (.*?)(?=\n\n|\Z)", doc, re.S)]
+  assert [module for module, *_ in commands] == ["score_jax.evaluate", "score_jax.main",
+                                                 "score_jax.main", "score_jax.evaluate"]
+  for _, *args in commands:       # evaluate's own flags: --step 0, --once
+    args = " ".join(args).replace(" --step 0", "").replace(" --once", "").split()
+    config, parsed = config_lib.parse([a.replace("$GGUF", "/m.gguf") for a in args], "")
+    assert parsed.config == "configs/gemma3_270m_gsm8k.py"
+    assert config.init.checkpoint == "/m.gguf" and config.task.data_dir == "data"
+    config_lib.check_ranges(config)

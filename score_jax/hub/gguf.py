@@ -55,6 +55,9 @@ ARCHITECTURES = {"gemma3": ("Gemma3ForCausalLM", "gemma3_text"),
                  "qwen2": ("Qwen2ForCausalLM", "qwen2")}
 _NORM_OFFSET = ("gemma", "gemma2", "gemma3")          # norms stored as w + 1
 _LAYERS_27B = {"gemma2": 46, "gemma3": 62}            # llama.cpp's 27B rule (attention scale)
+# Version of what `tokenizer_dir` writes (in its cache key): 2 = tokenizer.json adds BOS
+# itself, so that an exported copy does (caches written before are converted again).
+TOKENIZER_FORMAT = 2
 
 
 def _gguf():
@@ -302,7 +305,7 @@ def tokenizer_dir(f: GGUFFile) -> pathlib.Path | None:
                       "(pip install transformers); or pass tokenizer=... to load()") from e
   stat = f.path.stat()
   key = hashlib.sha256(f"{f.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:"
-                       f"{transformers.__version__}".encode()).hexdigest()[:20]
+                       f"{transformers.__version__}:{TOKENIZER_FORMAT}".encode()).hexdigest()[:20]
   target = cache_dir() / key
   if (target / "tokenizer_config.json").is_file():
     return target

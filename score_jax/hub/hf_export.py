@@ -1,13 +1,18 @@
-"""Export an `LM` (or any graphdef + params) as a Hugging Face checkpoint directory.
+"""Export an `LM` (or any config + params) as a Hugging Face checkpoint directory.
 
   score_jax.export_hf(lm, "out/")      # then AutoModelForCausalLM.from_pretrained("out/")
+  export_model("out/", config=..., params=..., tokenizer=..., hf_config=...)  # a trained run
+                                       # (python -m score_jax.export does this)
 
 Writes config.json (score_jax.hub.hf_config.config_to_hf, carrying over the source's
 token ids and max_position_embeddings), model.safetensors (or shards plus
 model.safetensors.index.json above `max_shard_bytes`) in the param dtype or `dtype`,
 the tokenizer files of the source (tokenizer.json, tokenizer_config.json,
 special_tokens_map.json, tokenizer.model, ...), and generation_config.json (the
-source's, else one naming BOS / EOS / pad and the chat end-of-turn token).
+source's, else one naming BOS / EOS / pad and the chat end-of-turn token). The written
+config.json is read back with `hf_config.config_from_hf` and must describe the same
+architecture as `config` (else nothing is written). A GGUF-converted tokenizer's
+tokenizer_config.json loses its `source_gguf` key (a local path).
 
 Tensors are streamed: each param is gathered to the host (across processes with
 `process_allgather` when sharded over several hosts), converted to HF layout
@@ -37,7 +42,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "chat_template.jinja", "chat_template.json")
 # Non-architecture keys carried over from the source config.json.
 _CARRIED_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "max_position_embeddings",
-                 "initializer_range")
+                 "initializer_range", "attention_dropout", "use_cache")
 
 
 def _host(x: jax.Array) -> np.ndarray:
@@ -79,22 +84,21 @@ def write_safetensors(path: pathlib.Path,
   return offset
 
 
-def _token_ids(lm) -> dict[str, Any]:
+def _token_ids(tokenizer, hf_config) -> dict[str, Any]:
   """bos / eos / pad ids for config.json: the source's, else the tokenizer's."""
-  src = lm.hf_config or {}
+  src = hf_config or {}
   ids = {k: src[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in src}
-  tok = lm.tokenizer
-  if tok is not None:
-    ids.setdefault("bos_token_id", tok.bos_id)
-    ids.setdefault("eos_token_id", tok.eos_id)
-    ids.setdefault("pad_token_id", tok.pad_id)
+  if tokenizer is not None:
+    ids.setdefault("bos_token_id", tokenizer.bos_id)
+    ids.setdefault("eos_token_id", tokenizer.eos_id)
+    ids.setdefault("pad_token_id", tokenizer.pad_id)
   return ids
 
 
-def _copy_tokenizer(lm, out: pathlib.Path) -> None:
-  tok = lm.tokenizer
-  if tok is None or not tok.path:
-    return
+def _copy_tokenizer(tok, out: pathlib.Path) -> list[str]:
+  """Copies the tokenizer's files next to the weights; returns their names."""
+  if tok is None or not getattr(tok, "path", None):
+    return []
   src = pathlib.Path(tok.path).parent
   copied = []
   for name in _TOKENIZER_FILES:
@@ -105,22 +109,28 @@ def _copy_tokenizer(lm, out: pathlib.Path) -> None:
     target = "tokenizer.json" if tok.path.endswith(".json") else "tokenizer.model"
     shutil.copyfile(tok.path, out / target)
     copied.append(target)
+  if "tokenizer_config.json" in copied:
+    cfg = json.loads((out / "tokenizer_config.json").read_text())
+    if isinstance(cfg, dict) and cfg.pop("source_gguf", None) is not None:
+      (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
   if "tokenizer_config.json" not in copied and copied == ["tokenizer.model"]:
     # An official Gemma download ships only tokenizer.model; tell AutoTokenizer what it is.
     (out / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>",
          "pad_token": "<pad>", "unk_token": "<unk>", "add_bos_token": True,
          "add_eos_token": False}, indent=2))
+    copied.append("tokenizer_config.json")
+  return copied
 
 
-def _generation_config(lm) -> dict[str, Any]:
-  if lm.generation_config:
-    return dict(lm.generation_config)
-  ids = _token_ids(lm)
+def _generation_config(tokenizer, chat, hf_config, generation_config) -> dict[str, Any]:
+  if generation_config:
+    return dict(generation_config)
+  ids = _token_ids(tokenizer, hf_config)
   eos = ids.get("eos_token_id")
   eos = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
-  if lm.tokenizer is not None:
-    eot = lm.tokenizer.token_id(lm.chat.end_of_turn)
+  if tokenizer is not None and chat is not None:
+    eot = tokenizer.token_id(chat.end_of_turn)
     if eot is not None and eot not in eos:
       eos.append(eot)
   cfg = {k: v for k, v in ids.items() if k != "eos_token_id" and v is not None}
@@ -129,31 +139,61 @@ def _generation_config(lm) -> dict[str, Any]:
   return cfg
 
 
+def hf_config_for(config, *, tokenizer=None, hf_config=None, dtype_name: str) -> dict[str, Any]:
+  """config.json of an export: `config_to_hf(config)` plus the source's non-architecture
+  keys (_CARRIED_KEYS, token ids); checked to read back as the same architecture."""
+  extra = {k: hf_config[k] for k in _CARRIED_KEYS if hf_config and k in hf_config}
+  extra.update(_token_ids(tokenizer, hf_config))
+  hf = hf_config_lib.config_to_hf(config, **extra, torch_dtype=dtype_name)
+  back = hf_config_lib.config_from_hf(hf, source="the exported config.json",
+                                      dtype=config.dtype, param_dtype=config.param_dtype)
+  if diff := hf_config_lib.same_architecture(config, back):
+    raise ValueError(f"the exported config.json would describe a different model ({diff} "
+                     f"differ: {[(getattr(config, k), getattr(back, k)) for k in diff]}); "
+                     f"this ModelConfig cannot be written as {hf['architectures'][0]}")
+  return hf
+
+
 def export_hf(lm, out_dir: str | pathlib.Path, *, dtype: str | None = None,
               max_shard_bytes: int = 5 * 2**30) -> pathlib.Path:
-  """Writes `lm` as an HF checkpoint directory that `transformers` loads.
+  """Writes `lm` (a `score_jax.hub.lm.LM`, or anything with config, params, tokenizer,
+  chat, hf_config and generation_config attributes) as an HF checkpoint directory that
+  `transformers` loads; see `export_model` for the arguments."""
+  return export_model(out_dir, config=lm.config, params=lm.params, tokenizer=lm.tokenizer,
+                      chat=lm.chat, hf_config=lm.hf_config,
+                      generation_config=lm.generation_config, dtype=dtype,
+                      max_shard_bytes=max_shard_bytes)
+
+
+def export_model(out_dir: str | pathlib.Path, *, config, params, tokenizer=None, chat=None,
+                 hf_config: dict[str, Any] | None = None,
+                 generation_config: dict[str, Any] | None = None, dtype: str | None = None,
+                 max_shard_bytes: int = 5 * 2**30) -> pathlib.Path:
+  """Writes a model as an HF checkpoint directory that `transformers` loads.
 
   Args:
-    lm: a `score_jax.hub.lm.LM` (or anything with config, params, tokenizer, chat,
-      hf_config and generation_config attributes).
     out_dir: the directory to write (created; existing files are overwritten).
+    config: its `ModelConfig`.
+    params: its params (nnx.State, possibly sharded over several processes).
+    tokenizer: its tokenizer (files copied from beside `tokenizer.path`), or None.
+    chat: its chat format (end-of-turn token for generation_config.json), or None.
+    hf_config: the source's config.json (token ids and max_position_embeddings are
+      carried over), or None.
+    generation_config: the source's generation_config.json (written as is), or None.
     dtype: tensor dtype in the file ("float32" | "bfloat16"); default the params'.
     max_shard_bytes: above this, split into model-0000i-of-0000n.safetensors shards.
 
   Returns:
     out_dir as a Path.
   """
-  config = lm.config
   np_dtype = np.dtype(jax.numpy.dtype(dtype or config.param_dtype))
   if np_dtype not in _DTYPE_NAMES:
     raise ValueError(f"dtype={dtype!r}: export supports float32, bfloat16, float16")
   out = pathlib.Path(out_dir)
-  extra = {k: lm.hf_config[k] for k in _CARRIED_KEYS if lm.hf_config and k in lm.hf_config}
-  extra.update(_token_ids(lm))
   dtype_name = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[_DTYPE_NAMES[np_dtype]]
-  hf = hf_config_lib.config_to_hf(config, **extra, torch_dtype=dtype_name)
+  hf = hf_config_for(config, tokenizer=tokenizer, hf_config=hf_config, dtype_name=dtype_name)
 
-  flat = {weights_lib.param_path(k): v for k, v in nnx.to_flat_state(lm.params)}
+  flat = {weights_lib.param_path(k): v for k, v in nnx.to_flat_state(params)}
   names = []
   for path, t in weights_lib.hf_tensor_map(config).items():
     if path not in flat:
@@ -198,8 +238,8 @@ def export_hf(lm, out_dir: str | pathlib.Path, *, dtype: str | None = None,
       (out / weights_lib.INDEX_FILE).write_text(json.dumps(
           {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
   if writer:
-    _copy_tokenizer(lm, out)
-    gen = _generation_config(lm)
+    _copy_tokenizer(tokenizer, out)
+    gen = _generation_config(tokenizer, chat, hf_config, generation_config)
     if gen:
       (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
   return out

@@ -14,7 +14,9 @@ attempts that are context only (e.g. another policy's first attempts). An earlie
 inside the context of a later one is prompt for the later one, so each token belongs to at
 most one attempt by construction. `rewards_BA[b, t-1]` is the task's reward of attempt t.
 One forward pass of the trainer scores every attempt with exactly the positions and masks
-the sampler used.
+the sampler used. The trainer drops the columns that no row of a step's batch needs and pads
+back to a bucket (`needed_columns`, `compact_columns`; config.train.compact_*): the same
+math on fewer columns.
 
 An Episode is a pytree (a NamedTuple of arrays, every one with the batch first): the rollout
 builds it in numpy, the trainer puts it on the mesh as it is, and the jitted step and the
@@ -176,3 +178,67 @@ def layout(prompt: Segment, attempts: Sequence[Segment], extras: Sequence[Segmen
 def concat(episodes: list[Episode]) -> Episode:
   """Episodes stacked row-wise (same lengths)."""
   return Episode(*[np.concatenate(fields, axis=0) for fields in zip(*episodes)])
+
+
+# --- Column compaction ----------------------------------------------------------------------
+# The fixed layout pads every segment to its budget, so many columns hold no valid token in
+# any row of a step's batch. Dropping them (and padding at the end up to a bucket) changes
+# nothing the model computes on the columns that remain:
+#   * RoPE positions are the cumsum of `valid_BT` along the row, and a query attends a key
+#     iff the key is valid and not after it (`model/transformer.py`): neither reads an
+#     absolute column index, and a dropped column is invalid in every row;
+#   * the log-prob of the token in column s is read from the hidden state of column s - 1
+#     (`scoring.sequence_stats`): `needed_columns` keeps column s - 1 of every trained token,
+#     so that pair stays adjacent even where column s - 1 is padding in the row;
+#   * every per-token weight of the losses comes from `attempt_BT`, which moves with its
+#     column; the columns appended at the end are invalid and untrained, and come after
+#     every kept column, so causal attention never lets them change the kept ones.
+# tests/rl/test_compact.py checks the arrays by hand and the losses and gradients of the step.
+
+
+def needed_columns(episode: Episode) -> np.ndarray:
+  """bool [B, T]: per row, the columns that are valid or just before a trained token.
+
+  A step keeps a column if any row of its whole batch needs it (`.any(axis=0)`, gathered
+  over processes: `train.global_batch`).
+  """
+  valid_BT = np.asarray(episode.valid_BT, bool)
+  trained_BT = np.asarray(episode.attempt_BT) > 0
+  need_BT = valid_BT.copy()
+  need_BT[:, :-1] |= trained_BT[:, 1:]
+  return need_BT
+
+
+def compact_width(kept: int, T: int, bucket: int) -> int:
+  """The compacted number of columns: `kept` rounded up to a multiple of `bucket`, at most T
+  (so a step has at most ceil(T / bucket) + 1 shapes, one compilation each)."""
+  if not isinstance(bucket, int) or isinstance(bucket, bool) or bucket < 1:
+    raise ValueError(f"compact_width: bucket={bucket!r} must be an int >= 1 "
+                     "(config.train.compact_bucket)")
+  return min(T, max(1, -(-kept // bucket)) * bucket)
+
+
+def compact_columns(episode: Episode, keep_T: Any, bucket: int) -> Episode:
+  """The Episode with only the columns of `keep_T` (bool [T]), in order, padded at the end
+  with invalid, untrained columns (token 0, log-prob 0) to `compact_width` columns (numpy).
+
+  `keep_T` must be the same for every part of a step's batch (on every process): use
+  `needed_columns(...).any(axis=0)` over all rows. The math is unchanged (see the comment above).
+  """
+  keep_T = np.asarray(keep_T, bool)
+  T = np.shape(episode.tokens_BT)[1]
+  if keep_T.shape != (T,):
+    raise ValueError(f"compact_columns: keep_T has shape {keep_T.shape}, expected ({T},) "
+                     "like Episode.tokens_BT [B, T]")
+  cols = np.flatnonzero(keep_T)
+  width = compact_width(len(cols), T, bucket)
+  if len(cols) == width == T:
+    return episode
+
+  def take(x: Any) -> np.ndarray:
+    x = np.asarray(x)[:, cols]
+    return np.pad(x, ((0, 0), (0, width - len(cols))))   # zeros: 0 / False / 0.0
+
+  return episode._replace(tokens_BT=take(episode.tokens_BT), valid_BT=take(episode.valid_BT),
+                          attempt_BT=take(episode.attempt_BT),
+                          sampler_logprobs_BT=take(episode.sampler_logprobs_BT))

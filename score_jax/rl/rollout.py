@@ -35,12 +35,17 @@ import numpy as np
 from score_jax import mesh as mesh_lib
 from score_jax import multihost
 from score_jax import sampler as sampler_lib
+from score_jax import stops as stops_lib
+from score_jax.rl import continuous_rollout
 from score_jax.rl.episode import Episode, Lengths, Segment, layout
 from score_jax.tasks import base
 from score_jax.text import chat as chat_lib
 
-__all__ = ["Episode", "Lengths", "MultiTurnSampler", "RolloutResult", "TwoTurnSampler",
-           "demonstration_episode", "without_turn1_training"]
+BATCHING = ("fixed", "continuous")
+
+__all__ = ["BATCHING", "Episode", "Lengths", "MultiTurnSampler", "RolloutResult",
+           "TwoTurnSampler", "batching_kwargs", "demonstration_episode",
+           "without_turn1_training"]
 
 
 @dataclasses.dataclass
@@ -50,6 +55,7 @@ class RolloutResult:
   texts: list[list[str]]         # texts[t - 1][b]: attempt t of row b, decoded
   truncated_prompts: int         # prompts cut from the left to fit P
   split: multihost.RowSplit | None = None  # which global rows these are (None: all rows)
+  stats: dict | None = None      # continuous batching: the sampler's counts, grader_wait_s
 
   @property
   def y1(self) -> list[str]:
@@ -66,18 +72,34 @@ class MultiTurnSampler:
 
   The instruction before every later attempt is the task's (`task.turn2_instruction`)
   unless `instruction` gives another one (e.g. Self-Refine's; see `with_instruction`).
+
+  The task's stop texts (`task.stop_texts`, tokenised by `score_jax.stops.token_sequences`)
+  end an attempt like a stop token: the stop text is the attempt's last tokens (kept, trained,
+  in its text), and the next turn's context gets end_of_turn after it, as if the model had
+  emitted end_of_turn right there. The continuous path does not support them yet.
   """
 
   def __init__(self, graphdef: Any, tokenizer: Any, chat: Any, task: base.Task,
                lengths: Lengths, model_vocab: int | None = None,
-               instruction: str | None = None):
+               instruction: str | None = None, batching: str = "fixed", slots: int = 0,
+               segment_steps: int = 64, prefill_chunk: int = 64):
+    if batching not in BATCHING:
+      raise ValueError(f"config.rollout.batching={batching!r}: choose one of {BATCHING}")
     self.graphdef, self.tokenizer, self.chat, self.task = graphdef, tokenizer, chat, task
+    self.batching, self.slots, self.segment_steps = batching, slots, segment_steps
+    self.prefill_chunk = prefill_chunk
     self.model_vocab = model_vocab or tokenizer.vocab_size
     self.head_ids = tokenizer.encode(chat.system_prefix + chat.user_prefix, add_bos=chat.add_bos)
     self.lengths = lengths
     self.eot_id = chat_lib.end_of_turn_id(chat, tokenizer)
     self.stop_ids = tuple(sorted({self.eot_id, int(tokenizer.eos_id)}))
     self.pad_id = int(tokenizer.pad_id)
+    self.stop_sequences = stops_lib.token_sequences(tokenizer, getattr(task, "stop_texts", ()))
+    if batching == "continuous" and self.stop_sequences:
+      raise ValueError(
+          f"config.rollout.batching='continuous' does not support stop texts yet, and task "
+          f"{task.name!r} declares stop_texts={tuple(task.stop_texts)!r} (e.g. GSM8K with "
+          "config.task.num_shots > 0); pass --config.rollout.batching=fixed")
     self.instruction = task.turn2_instruction if instruction is None else instruction
     self.second_turn_ids = chat_lib.second_turn_ids(chat, tokenizer, self.instruction)
     if len(self.second_turn_ids) + 1 > lengths.extra:
@@ -97,13 +119,27 @@ class MultiTurnSampler:
     needed = len(chat_lib.second_turn_ids(self.chat, self.tokenizer, instruction)) + 1
     lengths = dataclasses.replace(self.lengths, extra=max(self.lengths.extra, needed))
     return type(self)(self.graphdef, self.tokenizer, self.chat, self.task, lengths,
-                      model_vocab=self.model_vocab, instruction=instruction)
+                      model_vocab=self.model_vocab, instruction=instruction,
+                      **self._batching_kwargs())
+
+  def _batching_kwargs(self) -> dict[str, Any]:
+    return dict(batching=self.batching, slots=self.slots, segment_steps=self.segment_steps,
+                prefill_chunk=self.prefill_chunk)
+
+  def with_batching(self, batching: str, slots: int = 0, segment_steps: int = 64
+                    ) -> "MultiTurnSampler":
+    """This sampler with another batching ("fixed" | "continuous"; see `rollout`)."""
+    return type(self)(self.graphdef, self.tokenizer, self.chat, self.task, self.lengths,
+                      model_vocab=self.model_vocab, instruction=self.instruction,
+                      batching=batching, slots=slots, segment_steps=segment_steps,
+                      prefill_chunk=self.prefill_chunk)
 
   def with_attempts(self, attempts: int) -> "MultiTurnSampler":
     """This sampler with another number of attempts (same budgets per attempt)."""
     return type(self)(self.graphdef, self.tokenizer, self.chat, self.task,
                       dataclasses.replace(self.lengths, attempts=attempts),
-                      model_vocab=self.model_vocab, instruction=self.instruction)
+                      model_vocab=self.model_vocab, instruction=self.instruction,
+                      **self._batching_kwargs())
 
   def encode_prompts(self, problems: Sequence[base.Problem]) -> tuple[np.ndarray, np.ndarray, int]:
     ids = [chat_lib.first_turn_ids(self.chat, self.tokenizer, p.prompt) for p in problems]
@@ -119,6 +155,16 @@ class MultiTurnSampler:
       ids = [int(t) for t, v in zip(row, ok) if v and int(t) not in self.stop_ids]
       texts.append(self.tokenizer.decode(ids, skip_special=True))
     return texts
+
+  def ended_on_stop_id(self, tokens_BS: np.ndarray, valid_BS: np.ndarray,
+                       done_B: np.ndarray) -> np.ndarray:
+    """Rows that ended with a stop token (end_of_turn / eos as their last valid token);
+    a row that ended on a stop sequence is not among them: end_of_turn follows it."""
+    if not self.stop_sequences:
+      return done_B
+    last_B = np.take_along_axis(
+        tokens_BS, np.maximum(valid_BS.sum(axis=1) - 1, 0)[:, None], axis=1)[:, 0]
+    return np.asarray(done_B) & np.isin(last_B, self.stop_ids)
 
   def extra_chunk(self, done_B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """end_of_turn (only where the attempt before did not stop by itself) + the instruction
@@ -153,6 +199,11 @@ class MultiTurnSampler:
     this process's devices hold (see the module docstring). Attempt t continues the KV cache
     of attempt t - 1 when both were sampled with the same params; otherwise it re-reads its
     whole context.
+
+    `batching="continuous"` (config.rollout.batching) samples every attempt with
+    `score_jax.continuous` and grades finished attempts while the rest decode
+    (`score_jax.rl.continuous_rollout`) when the attempts share one policy and none is
+    given; otherwise (another policy for y1, given attempts) the fixed path runs.
     """
     lengths, A = self.lengths, self.lengths.attempts
     given = [list(texts) for texts in (given or [])]
@@ -161,6 +212,10 @@ class MultiTurnSampler:
                        f"problem); at most {A - 1} of the {A} attempts can be given")
     # never sample ids the tokenizer lacks
     method = sampler_lib.limit_vocab(method, self.tokenizer.vocab_size, self.model_vocab)
+    if self.batching == "continuous" and not given and params1 is params2:
+      return continuous_rollout.rollout(self, params1, problems, method=method, rng=rng,
+                                        result_type=RolloutResult,
+                                        process_local=process_local)
     mesh = mesh_lib.mesh_of(params1)
     split = (multihost.row_split(mesh, len(problems)) if process_local
              else multihost.RowSplit.everything(len(problems)))
@@ -197,8 +252,10 @@ class MultiTurnSampler:
       out = sampler_lib.generate(
           self.graphdef, params, put(input_BC), put(input_valid_BC), max_new_tokens=budget,
           method=method, rng=keys[t - 1], stop_ids=self.stop_ids, pad_id=self.pad_id,
-          cache=cache, max_cache_len=None if cache is not None else lengths.total)
+          cache=cache, max_cache_len=None if cache is not None else lengths.total,
+          stop_sequences=self.stop_sequences)
       tokens, valid, done_B = get(out.tokens_BS), get(out.valid_BS), get(out.done_B)
+      done_B = self.ended_on_stop_id(tokens, valid, done_B)
       attempts.append((tokens, valid))
       logps.append(get(out.logprobs_BS).astype(np.float32))
       texts.append(self.decode(tokens, valid))
@@ -213,6 +270,14 @@ class MultiTurnSampler:
 
 
 TwoTurnSampler = MultiTurnSampler   # the name the two-attempt code used
+
+
+def batching_kwargs(rollout_cfg: Any) -> dict[str, Any]:
+  """MultiTurnSampler's batching arguments from the config's `rollout` section:
+  `MultiTurnSampler(..., **batching_kwargs(config.rollout))` (defaults where absent)."""
+  get = rollout_cfg.get if hasattr(rollout_cfg, "get") else lambda k, d: d  # noqa: E731
+  return dict(batching=str(get("batching", "fixed")), slots=int(get("slots", 0)),
+              segment_steps=int(get("segment_steps", 64)))
 
 
 def demonstration_episode(sampler: MultiTurnSampler, problems: Sequence[base.Problem],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -40,6 +40,11 @@ class Task(abc.ABC):
   name: str = "task"
   turn2_instruction: str = ""     # the fixed self-correction instruction p (never reveals r(y1))
   splits: tuple[str, ...] = ()    # names accepted by `load`
+  # Texts at which an attempt ends (the sampler stops a row whose generated tokens end with
+  # one; `score_jax.stops`): the text is kept at the end of the attempt, like a stop token,
+  # so the grader sees it and must ignore it; the next turn's context gets end_of_turn after
+  # it. () : only the end-of-turn / eos tokens end an attempt.
+  stop_texts: tuple[str, ...] = ()
 
   @classmethod
   def from_config(cls, task_cfg: Mapping[str, Any]) -> "Task":
@@ -105,3 +110,14 @@ def check_split(task: Task, split: str) -> None:
   """Raises a clear error for a split the task does not know."""
   if split not in task.splits:
     raise ValueError(f"task {task.name!r} has no split {split!r}; choose one of {task.splits}")
+
+
+def held_out(task: Task, split: str, key: Callable[[Problem], str]) -> set[str]:
+  """What a generated split must not contain (`key` of each problem): the test split's
+  problems for train, the test and train splits' for validation, nothing for test."""
+  if split == "test":
+    return set()
+  out = {key(p) for p in task.load("test")}
+  if split == "validation":
+    out |= {key(p) for p in task.load("train")}
+  return out

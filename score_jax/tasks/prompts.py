@@ -69,7 +69,18 @@ SELF_REFINE_CODE_INSTRUCTION = (
     "without code. Then, based on the problems you found, write the improved, final "
     "correct Python program in one ```python code block.")
 
-SELF_REFINE_INSTRUCTIONS = {"math": SELF_REFINE_MATH_INSTRUCTION,
+# Arithmetic (score_jax.tasks.arithmetic, GPT-3's questions for base models): not from the
+# SCoRe paper, whose instructions are written for chat models. Both are a new question in the
+# task's "Q: ... A:" form, so that a base model's next line is its answer; the grader reads
+# only that first line, so the Self-Refine critique stays unwritten.
+ARITHMETIC_TURN2_INSTRUCTION = (
+    "Q: There might be an error in the answer above. What is the correct answer? A:")
+SELF_REFINE_ARITHMETIC_INSTRUCTION = (
+    "Q: Review the answer above and find problems with it. Based on the problems you found, "
+    "what is the improved answer? A:")
+
+SELF_REFINE_INSTRUCTIONS = {"arithmetic": SELF_REFINE_ARITHMETIC_INSTRUCTION,
+                            "math": SELF_REFINE_MATH_INSTRUCTION,
                             "gsm8k": SELF_REFINE_MATH_INSTRUCTION,
                             "mbpp": SELF_REFINE_CODE_INSTRUCTION,
                             "humaneval": SELF_REFINE_CODE_INSTRUCTION}

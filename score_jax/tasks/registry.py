@@ -14,8 +14,10 @@ from score_jax.tasks import base
 TASKS = {
     "toy": ("score_jax.tasks.toy", "ToyTask"),
     "sorting": ("score_jax.tasks.sorting", "SortingTask"),
+    "parity": ("score_jax.tasks.parity", "ParityTask"),
     "math": ("score_jax.tasks.math.task", "MathTask"),
     "gsm8k": ("score_jax.tasks.gsm8k", "GSM8KTask"),
+    "arithmetic": ("score_jax.tasks.arithmetic", "ArithmeticTask"),
     "mbpp": ("score_jax.tasks.code", "MBPPTask"),
     "humaneval": ("score_jax.tasks.code", "HumanEvalTask"),
 }

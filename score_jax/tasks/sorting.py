@@ -67,11 +67,9 @@ class SortingTask(base.Task):
   def load(self, split: str) -> list[base.Problem]:
     base.check_split(self, split)
     rng = np.random.default_rng(_SPLIT_SEEDS[split])
-    held_out: set[str] = set()
-    if split != "test":  # no test word in train; no train or test word in validation
-      held_out = {p.answer for p in self.load("test")}
-      if split == "validation":
-        held_out |= {p.answer for p in self.load("train")}
+    # no test word in train; no train or test word in validation
+    held_out = base.held_out(self, split, lambda p: p.answer)
+    if split != "test":
       # Sorted words are multisets: C(letters + n - 1, n) of each length n.
       possible = sum(math.comb(len(self.letters) + n - 1, n)
                      for n in range(self.min_len, self.max_len + 1))

@@ -27,6 +27,10 @@ ids with `transformers.apply_chat_template`):
   base model the turns end with its EOS piece: pass `tokenizer=` (used when it
   has no "<eot>") or `end_of_turn="<eos>"`.
 
+A base (pretrained) checkpoint has no chat template and was never trained on these
+markers: `score_jax.load(...).generate(chat=True)` refuses it (`base_model_message`);
+train it with "plain".
+
 `render_conversation` writes whole transcripts; it closes a finished model turn
 with `model_suffix` (the "\\n" after Gemma's / Qwen's end marker) as the
 templates do. Rollouts never contain that suffix after y2: the sampler stops at
@@ -174,6 +178,14 @@ def render_conversation(fmt: ChatFormat, turns: Sequence[tuple[str, str]]) -> st
   if len(turns) % 2 == 0:
     parts.append(fmt.model_suffix)
   return "".join(parts)
+
+
+def base_model_message(source: str, family_format: str) -> str:
+  """The error for chat turns on a base (pretrained, not instruction-tuned) model: its
+  tokenizer ships no chat template, so the model never saw the chat markers."""
+  return (f"{source} is a base model without a chat template; use chat=False (plain "
+          f"continuation) or an instruction-tuned checkpoint (chat={family_format!r} "
+          f"forces the {family_format} format anyway)")
 
 
 def end_of_turn_id(fmt: ChatFormat, tokenizer: Tokenizer) -> int:

@@ -366,10 +366,16 @@ def test_rollout_episode_masks_rewards_and_logprobs():
   # at every y1 / y2 token (same positions, same context).
   mesh, graphdef, params = _model()
   with jax.set_mesh(mesh):
-    logits_BTV, _ = jax.jit(model_lib.forward, static_argnums=0)(
-        graphdef, params, jnp.asarray(ep.tokens_BT), jnp.asarray(ep.valid_BT))
+    assert_logprobs_are_the_trainers(graphdef, params, ep)
+
+
+def assert_logprobs_are_the_trainers(graphdef, params, ep: episode_lib.Episode):
+  """One forward pass over the Episode gives the sampler's log-prob at every attempt token."""
+  logits_BTV, _ = jax.jit(model_lib.forward, static_argnums=0)(
+      graphdef, params, jnp.asarray(ep.tokens_BT), jnp.asarray(ep.valid_BT))
   logp_BTV = np.asarray(jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1))
   next_logp_BT = np.take_along_axis(logp_BTV[:, :-1], ep.tokens_BT[:, 1:, None], -1)[..., 0]
+  attempts = ep.attempt_BT > 0
   np.testing.assert_allclose(np.where(attempts[:, 1:], next_logp_BT, 0.0),
                              ep.sampler_logprobs_BT[:, 1:], rtol=1e-4, atol=1e-4)
 
