@@ -47,33 +47,16 @@ Choices (ours; the paper has no arithmetic or 270M setting):
   logits projected 16 positions at a time (Gemma's 262,144-token vocabulary).
 """
 
-from configs import base as base_config
+from configs import gemma3_270m_gsm8k
 
 
 def get_config():
-  c = base_config.get_config()
-  c.required_fields = ("init.checkpoint",)
-  c.init.checkpoint = ""             # REQUIRED: the .gguf file (see the docstring)
-  c.tokenizer.update(kind="auto", path="")
-  c.chat_format = "plain"
-  c.mesh.update(data=1, fsdp=-1, tensor=1)
-  c.model.update(family="gemma3", dtype="float32", param_dtype="float32", remat="none")
-
-  c.task.update(name="arithmetic", kinds="1d+,1d-,1dx", num_shots=16, train_split="train",
-                eval_split="test",
-                eval_limit=0, workers=1, timeout_s=10.0)
+  """configs/gemma3_270m_gsm8k.py (the model, the paper's recipe) with arithmetic's task and
+  lengths."""
+  c = gemma3_270m_gsm8k.get_config()
+  c.task.update(name="arithmetic", kinds="1d+,1d-,1dx", num_shots=16, workers=1)
   c.rollout.update(max_prompt_len=320, max_turn1_tokens=8, max_turn2_tokens=8,
-                   max_instruction_len=48, temperature=1.0, top_k=0, top_p=1.0,
-                   samples_per_prompt=4, offline_fraction=0.0)
-  c.rl.update(alpha=10.0, beta1=0.01, beta2=0.1, kl_estimator="k1", kl_mode="reward",
-              baseline="loo", normalization="token", stage2_reference="base")
-  c.plan.update(stages="stage1,stage2", sft_steps=0, stage1_steps=200, stage2_steps=400,
-                single_turn_steps=0, interleave=0)
-  c.optim.update(name="adam", lr=5e-6, warmup_steps=0, schedule="constant", clip_norm=1.0)
-  c.train.update(batch_size=8, micro_batches=4, logit_chunk=16, log_every=1,
-                 tensorboard=True)
-  c.checkpoint.update(every=50, keep=3, keep_best=True, async_save=True)
-  c.eval.update(batch_size=50, max_turn1_tokens=8, max_turn2_tokens=8, poll_s=30.0,
-                timeout_s=3600.0, validation_every=100, validation_split="validation",
-                validation_limit=30)
+                   max_instruction_len=48)
+  c.train.update(logit_chunk=16)
+  c.eval.update(batch_size=50, max_turn1_tokens=8, max_turn2_tokens=8, validation_limit=30)
   return c

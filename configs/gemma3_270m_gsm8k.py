@@ -35,8 +35,9 @@ Choices (ours; the paper has no GSM8K or 270M setting):
   worked GSM8K training problems (config.task.num_shots; score_jax/tasks/gsm8k.py), which
   are removed from the training split.
 * Lengths: 4-shot prompts are 453-701 Gemma tokens on the test split (mean 573): prompt
-  768. The model's answers end after 50-75 tokens, then it invents a next "Problem:" (cut
-  off before grading; the sampler has no stop strings), so each attempt gets 160 tokens.
+  768. The model's answers end after 50-75 tokens, then it invents a next "Problem:": the
+  task's stop text ("\nProblem:", Task.stop_texts) ends the attempt there and the grader
+  reads the response up to it; each attempt gets 160 tokens.
 * The paper's MATH recipe otherwise (Table 5): Adam lr 5e-6, alpha 10, beta1 0.01, beta2 0.1,
   temperature 1.0; 8 problems x 4 samples per step; 200 Stage I then 400 Stage II steps.
 * float32 (fast on CPU; pass --config.model.dtype=bfloat16 on an accelerator), no remat;
