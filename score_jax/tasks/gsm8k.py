@@ -42,11 +42,10 @@ A base model continues past its answer with a new "Problem:" of its own; with k 
 is graded (and `answer_key`-ed) on its text before the first line that opens a new problem
 (`response_text`), so the invented problem's answer never counts; where the grader's forms
 give no answer, the number right after the last "final answer is" is read (`final_number`:
-the model writes "The final answer is $2. I hope it is correct." for dollar amounts). The
-sampler still decodes until its token budget (its stops are single tokens), so keep
-max_turn1_tokens near the length of a real answer; the invented text stays in the turn-2
-context (Gemma 3 270M's second attempts re-state the invented problem), which a stop-string
-feature of the sampler would remove.
+the model writes "The final answer is $2. I hope it is correct." for dollar amounts; a
+sentence that names a second number or says "or" / "and" after it is a hedge and gives none).
+With k > 0 the task's stop text "\nProblem:" (`Task.stop_texts`) ends an attempt there, so
+the invented problem does not reach the turn-2 context.
 """
 
 from __future__ import annotations
@@ -66,6 +65,8 @@ _NEXT_PROBLEM_RE = re.compile(r"\n[ \t]*(?:Problem|Question)[ \t]*:")
 # Few-shot fallback: a number right after the LAST "final answer is" ("$2. I hope ...").
 _FINAL_MARK_RE = re.compile(r"final answer is", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"\s*:?\s*\$?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)")
+_SENTENCE_END_RE = re.compile(r"\.(?:\s|$)|\n")
+_HEDGE_RE = re.compile(r"[0-9]|\b(?:or|and)\b", re.IGNORECASE)
 
 # Rows (0-based line numbers) of gsm8k/train.jsonl used as few-shot exemplars, in order: the
 # first 8 rows outside "validation", except row 3 (its solution names another person).
@@ -110,14 +111,19 @@ def response_text(response: str) -> str:
 
 def final_number(response: str) -> str | None:
   """The number right after the last "final answer is" (an optional "$" and ":" before it,
-  thousands commas kept for the grader), else None: reads "$2. I hope it is correct"."""
+  thousands commas kept for the grader), else None: reads "$2. I hope it is correct". A
+  hedge is None: the rest of that sentence (up to ". ", a newline or the end) may not hold
+  another number or an "or" / "and" ("72 or 73", "72, maybe 73", "72 and seventy")."""
   last = None
   for last in _FINAL_MARK_RE.finditer(response):
     pass
   if last is None:
     return None
   found = _NUMBER_RE.match(response, last.end())
-  return None if found is None else found.group(1)
+  if found is None:
+    return None
+  rest = _SENTENCE_END_RE.split(response[found.end():], maxsplit=1)[0]
+  return None if _HEDGE_RE.search(rest) else found.group(1)
 
 
 class GSM8KTask(AnswerTask):

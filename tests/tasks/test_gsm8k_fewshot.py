@@ -8,6 +8,7 @@ import pytest
 
 from configs import base as base_config
 from score_jax import config_lib
+from score_jax.tasks import base
 from score_jax.tasks import gsm8k
 from score_jax.tasks import prompts
 from score_jax.tasks import registry
@@ -171,10 +172,29 @@ def test_run_on_response_is_graded_on_its_own_answer(shared_data):
     # only the last marker is read (and it has no number)
     ("The final answer is $5. No, the final answer is $x. I hope it is correct.", None),
     ("The final answer is 4 ... \n\nProblem:\nThe final answer is $7.", "4"),
+    # hedges claim several values: the fallback reads no number from them
+    ("The final answer is 72, maybe 73.", None),
+    ("The final answer is $72 and seventy-three", None),
+    ("The final answer is 72 (or 73)\nProblem:", None),
 ])
 def test_few_shot_reads_a_number_after_the_last_final_answer(response, answer, shared_data):
   assert GSM8KTask(shared_data, num_shots=1).extract(response) == answer
   assert gsm8k.final_number("nothing here") is None
+
+
+def test_a_hedged_final_answer_scores_zero(shared_data):
+  """Attack: one final answer that claims two values, the right one first (the few-shot
+  fallback once read "72, maybe 73" as 72)."""
+  task = GSM8KTask(shared_data, num_shots=1)
+  problem = base.Problem(uid="gsm8k/test/x", prompt="q", answer="72", meta={})
+  try:
+    hedges = ["The final answer is 72 or 73. I hope it is correct.",
+              "The final answer is 72, maybe 73.", "The final answer is $72 and seventy-three",
+              "The final answer is 72 (or 73)\nProblem:"]
+    assert list(task.rewards([problem] * 5, hedges + ["The final answer is 72."])) == [
+        0.0, 0.0, 0.0, 0.0, 1.0]
+  finally:
+    task.close()
 
 
 def test_zero_shot_extraction_is_unchanged(zero_shot):
