@@ -48,6 +48,7 @@ from flax import nnx
 
 from score_jax import mesh as mesh_lib
 from score_jax import multihost
+from score_jax import stops as stops_lib
 from score_jax.continuous_step import Slots, prefill, segment
 from score_jax.model.transformer import cache_shardings, init_cache
 
@@ -58,7 +59,7 @@ class Attempt:
   tokens_BS: np.ndarray      # int32, pad after the stop token
   logprobs_BS: np.ndarray    # float32, 0.0 where not valid
   valid_BS: np.ndarray       # bool
-  done_B: np.ndarray         # bool, stopped on a stop id
+  done_B: np.ndarray         # bool, stopped on a stop id or a stop sequence
 
   @property
   def lengths_B(self) -> np.ndarray:
@@ -104,7 +105,7 @@ def _bucket(r: int, slots: int) -> int:
   return min(b, slots)
 
 
-def _init_slots(config, S: int, L: int, W: int, key_shape, mesh) -> Slots:
+def _init_slots(config, S: int, L: int, W: int, key_shape, mesh, tail_len: int = 1) -> Slots:
   cache = init_cache(config, S, L)
   cache = cache.replace(index=jnp.zeros((S,), jnp.int32))
   V = config.vocab_size
@@ -112,7 +113,8 @@ def _init_slots(config, S: int, L: int, W: int, key_shape, mesh) -> Slots:
                 step_S=jnp.zeros((S,), jnp.int32), limit_S=jnp.zeros((S,), jnp.int32),
                 done_S=jnp.zeros((S,), bool), tokens_SW=jnp.zeros((S, W), jnp.int32),
                 logprobs_SW=jnp.zeros((S, W), jnp.float32),
-                key_S=jnp.zeros((S,) + tuple(key_shape), jnp.uint32))
+                key_S=jnp.zeros((S,) + tuple(key_shape), jnp.uint32),
+                tail_SL=stops_lib.empty_tail(S, tail_len))
   if mesh is None:
     return state
   shard = cache_shardings(config, S, L, mesh)
@@ -121,7 +123,7 @@ def _init_slots(config, S: int, L: int, W: int, key_shape, mesh) -> Slots:
   shardings = Slots(cache=shard, logits_SV=rows(state.logits_SV), step_S=rows(state.step_S),
                     limit_S=rows(state.limit_S), done_S=rows(state.done_S),
                     tokens_SW=rows(state.tokens_SW), logprobs_SW=rows(state.logprobs_SW),
-                    key_S=rows(state.key_S))
+                    key_S=rows(state.key_S), tail_SL=rows(state.tail_SL))
   return jax.jit(lambda s: s, out_shardings=shardings)(state)
 
 
@@ -137,7 +139,7 @@ def generate_continuous(graphdef: Any, params: Any, prompts: Sequence[Sequence[i
                         stop_ids: Sequence[int] = (), pad_id: int = 0, slots: int = 0,
                         segment_steps: int = 64, chunk: int = 32,
                         extra_fn: Callable[[int, int, bool], Sequence[int]] | None = None,
-                        limits_NA: Any = None,
+                        limits_NA: Any = None, stop_sequences: Sequence[Sequence[int]] = (),
                         on_finish: Callable[[list[Finished]], None] | None = None,
                         mesh: jax.sharding.Mesh | None = None) -> ContinuousOutput:
   """Samples A = len(widths) attempts of every prompt with continuous batching.
@@ -151,9 +153,12 @@ def generate_continuous(graphdef: Any, params: Any, prompts: Sequence[Sequence[i
     slots: S, rows decoded at once (0: all N prompts at once, capped at N).
     segment_steps: most decode steps per segment before the host looks again.
     chunk: prefill chunk length C (contexts are left-padded to a multiple of C).
-    extra_fn: (prompt index, attempt t >= 2, attempt t-1 stopped) -> ids appended before
-      attempt t (required when A > 1).
+    extra_fn: (prompt index, attempt t >= 2, attempt t-1 ended on a stop id) -> ids
+      appended before attempt t (required when A > 1). An attempt that ended on a stop
+      sequence did not end on a stop id (so end_of_turn can follow it).
     limits_NA: optional int per-prompt, per-attempt limits (<= widths).
+    stop_sequences: token-id sequences that end an attempt when its tokens end with one
+      (`sampler.generate`'s; `score_jax.stops`).
     on_finish: called after each segment with the attempts that ended in it, a list of
       (prompt index, attempt t, tokens [W_t], valid [W_t]) (e.g. to hand them to a grader
       while decoding goes on).
@@ -178,6 +183,8 @@ def generate_continuous(graphdef: Any, params: Any, prompts: Sequence[Sequence[i
   if limits_NA is not None:
     limits = np.minimum(np.asarray(limits_NA, np.int32).reshape(N, A), limits)
   stop_ids = tuple(int(s) for s in np.asarray(stop_ids, np.int64).reshape(-1))
+  stop_sequences = stops_lib.canonical(stop_sequences)
+  tail_len = max((len(q) for q in stop_sequences), default=1)
   mesh = mesh if mesh is not None else mesh_lib.mesh_of(params)
   rng = jax.random.key(0) if rng is None else rng
   config = nnx.merge(graphdef, params).config
@@ -191,7 +198,7 @@ def generate_continuous(graphdef: Any, params: Any, prompts: Sequence[Sequence[i
   L = (max(_chunks(p, chunk) for p in prompts) * chunk + widths[0]
        + sum(-(-max(extra_len, 1) // chunk) * chunk + w for w in widths[1:]) + 1)
   key_shape = jax.random.key_data(rng).shape
-  state = _init_slots(config, S, L, W, key_shape, mesh)
+  state = _init_slots(config, S, L, W, key_shape, mesh, tail_len)
   if mesh is not None:
     put = lambda x: multihost.put_batch(np.asarray(x), mesh)  # noqa: E731
   else:
@@ -221,7 +228,8 @@ def generate_continuous(graphdef: Any, params: Any, prompts: Sequence[Sequence[i
     # Stop a segment at the first finished attempt only when the host has work for the slot.
     waiting = bool(queue) or any(o >= 0 and a < A for o, a in zip(occupant, attempt))
     state, steps = segment(graphdef, params, state, np.int32(segment_steps), np.bool_(waiting),
-                           method=method, stop_ids=stop_ids, pad_id=int(pad_id))
+                           method=method, stop_ids=stop_ids, pad_id=int(pad_id),
+                           stop_sequences=stop_sequences)
     stats["segments"] += 1
     stats["decode_steps"] += int(_host(steps))
     step_S, done_S = _host(state.step_S), _host(state.done_S)
@@ -241,7 +249,9 @@ def generate_continuous(graphdef: Any, params: Any, prompts: Sequence[Sequence[i
       finished.append((p, t, tokens_SW[s, :w].copy(), np.arange(w) < int(step_S[s])))
       if t < A:
         attempt[s] = t + 1
-        work.append((s, list(extra_fn(p, t + 1, bool(done_S[s]))), False))
+        by_id = bool(done_S[s]) and (not stop_sequences or step_S[s] < 1 or
+                                     int(tokens_SW[s, step_S[s] - 1]) in stop_ids)
+        work.append((s, list(extra_fn(p, t + 1, by_id)), False))
       elif queue:
         occupant[s], attempt[s] = queue.popleft(), 1
         work.append((s, list(prompts[occupant[s]]), True))

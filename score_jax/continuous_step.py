@@ -14,8 +14,9 @@ Decode (one step, every active slot): token = method.sample(fold_in(key_s, step_
 logits_s) per slot (a batch-1 draw: results do not depend on which slot or which other rows
 run beside it); log-prob = log_softmax(raw logits) at the token (temperature 1, unfiltered,
 as in `generate`); the token is fed to the slot's cache. A slot is active while it has
-not drawn a stop id and has drawn fewer than its limit. Inactive slots feed an invalid
-token that does not advance their index.
+not drawn a stop id (or ended on a stop sequence: the last tokens of its attempt, kept in
+`tail_SL` as in `sampler.generate`, see `score_jax.stops`) and has drawn fewer than its
+limit. Inactive slots feed an invalid token that does not advance their index.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from score_jax import stops as stops_lib
 from score_jax.model.transformer import KVCache
 
 
@@ -39,10 +41,12 @@ class Slots:
     logits_SV: float32 logits of each slot's next token.
     step_S: int32 tokens drawn in the slot's current attempt.
     limit_S: int32 the attempt's token limit (0: the slot is idle).
-    done_S: bool, the slot drew a stop id.
+    done_S: bool, the slot drew a stop id or ended on a stop sequence.
     tokens_SW, logprobs_SW: the current attempt's tokens (pad after the end) and
       log-probs (0.0 after the end); W = the widest attempt.
     key_S: uint32 raw PRNG key data of the slot's (prompt, attempt) key.
+    tail_SL: int32 the last L tokens of the current attempt (`stops.EMPTY` before it has
+      L; L = 1 and unread without stop sequences).
   """
   cache: KVCache
   logits_SV: jax.Array
@@ -52,6 +56,7 @@ class Slots:
   tokens_SW: jax.Array
   logprobs_SW: jax.Array
   key_S: jax.Array
+  tail_SL: jax.Array
 
 
 def _compute_params(graphdef, params):
@@ -121,22 +126,27 @@ def prefill(graphdef, params, state: Slots, slot_R, tokens_RC, valid_RC, real_R,
                done_S=put(state.done_S, jnp.zeros((R,), bool)),
                tokens_SW=put(state.tokens_SW, jnp.full((R, W), pad_id, jnp.int32)),
                logprobs_SW=put(state.logprobs_SW, jnp.zeros((R, W), jnp.float32)),
-               key_S=put(state.key_S, key_R))
+               key_S=put(state.key_S, key_R),
+               tail_SL=put(state.tail_SL, jnp.full((R, state.tail_SL.shape[1]),
+                                                   stops_lib.EMPTY, jnp.int32)))
 
 
 def active(state: Slots) -> jax.Array:
   return ~state.done_S & (state.step_S < state.limit_S)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "method", "stop_ids", "pad_id"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "method", "stop_ids", "pad_id",
+                                             "stop_sequences"),
                    donate_argnames=("state",))
 def segment(graphdef, params, state: Slots, max_steps, stop_on_free, *, method,
-            stop_ids: tuple[int, ...], pad_id: int) -> tuple[Slots, jax.Array]:
+            stop_ids: tuple[int, ...], pad_id: int,
+            stop_sequences: stops_lib.StopSequences = ()) -> tuple[Slots, jax.Array]:
   """Up to `max_steps` decode steps of every active slot; stops early when no slot is
   active or, with `stop_on_free`, as soon as a slot that was active at the start ends its
   attempt (so that the host can refill it). Returns (state, steps run)."""
   params = _compute_params(graphdef, params)
   stops = jnp.asarray(stop_ids, jnp.int32)
+  seqs_SL = jnp.asarray(stops_lib.stop_array(stop_sequences)) if stop_sequences else None
   S, W = state.tokens_SW.shape
   rows_S = jnp.arange(S)
   free0 = jnp.sum(~active(state))
@@ -161,12 +171,16 @@ def segment(graphdef, params, state: Slots, max_steps, stop_on_free, *, method,
     done_S = st.done_S
     if stop_ids:
       done_S = done_S | (act_S & jnp.any(token_S[:, None] == stops[None, :], axis=1))
+    tail_SL = st.tail_SL
+    if stop_sequences:
+      tail_SL = stops_lib.push(tail_SL, token_S, act_S)
+      done_S = done_S | (act_S & stops_lib.matches(tail_SL, seqs_SL))
     x_S1D, cache = _rows_hidden(graphdef, params, token_S[:, None], act_S[:, None], st.cache)
     cache = cache.replace(index=jnp.where(act_S, cache.index, st.cache.index))
     logits_SV = nnx.merge(graphdef, params).logits(x_S1D[:, 0])
     st = st.replace(cache=cache, logits_SV=jnp.where(act_S[:, None], logits_SV, st.logits_SV),
                     step_S=st.step_S + act_S.astype(jnp.int32), done_S=done_S,
-                    tokens_SW=tokens_SW, logprobs_SW=logprobs_SW)
+                    tokens_SW=tokens_SW, logprobs_SW=logprobs_SW, tail_SL=tail_SL)
     return i + 1, st
 
   steps, state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))

@@ -12,11 +12,16 @@ MATH data of ../shared/data:
   and drops the unsolved problem;
 - Self-Refine evaluates the trained weights with the MATH Self-Refine instruction, which
   reaches the sampler in the Gemma chat turn; first attempts equal a plain evaluation's.
+
+Slow (`pytest -m slow`): the module's run takes 2-3 min of XLA compilation on 2 CPU cores;
+the default suite covers Pair-SFT and Self-Refine on the toy tasks (tests/rl/test_baselines.py,
+tests/rl/test_self_refine.py, tests/test_experiment_methods.py).
 """
 
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 

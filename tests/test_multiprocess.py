@@ -250,9 +250,11 @@ def test_two_processes_split_rows_gather_and_sample(tmp_path):
   assert len(set(got[0]["whole_y1"])) > 1   # really sampled, not a constant
 
 
+@pytest.mark.slow
 def test_micro_batches_change_nothing_on_two_processes(tmp_path):
   """1 and 4 micro-batches give the same loss and gradient on 2 processes x 4 devices, and
-  the same as on this process's 8 devices (weights are computed over the global batch)."""
+  the same as on this process's 8 devices (weights are computed over the global batch).
+  Slow (35-60 s); one process: tests/rl/test_accumulation.py."""
   launch("accumulation", [str(tmp_path)], processes=2, devices=4, log_dir=tmp_path,
          timeout=600)
   two = [json.loads((tmp_path / f"accumulation{i}.json").read_text()) for i in range(2)]

@@ -9,8 +9,11 @@ task's stop texts in the rollout (`Task.stop_texts`, `MultiTurnSampler`).
 - The rollout with a task whose stop text is "a" (char tokenizer, tiny model): y1 ends after
   the first "a", and turn 2 reads [x, y1, end_of_turn, instruction], the context it would
   read had the model emitted end_of_turn there (y2 is the greedy continuation of exactly that).
-- `batching="continuous"` with stop texts is refused with the fix; GSM8K declares
-  "\\nProblem:" only few-shot.
+- Continuous batching (`score_jax.continuous`, `batching="continuous"`) with stop sequences:
+  the same tokens, masks, stop flags and log-probs as `generate` (2 slots for 3 rows: a
+  refilled slot starts a fresh tail), and the same rollout episode as the fixed path (a
+  stop-text end gets end_of_turn in turn 2's context, a stop-id end does not).
+- GSM8K declares "\\nProblem:" only few-shot.
 - Real Gemma 3 270M (slow, ~60-100 s on 2 shared CPU cores): GSM8K 2-shot, the first
   attempt ends at "\\nProblem:" instead of running to its budget.
 """
@@ -21,6 +24,7 @@ import jax
 import numpy as np
 import pytest
 
+from score_jax import continuous
 from score_jax import sampler as S
 from score_jax import stops
 from score_jax.rl import rollout as rollout_lib
@@ -188,14 +192,35 @@ def test_rollout_stops_at_the_stop_text_and_turn2_reads_end_of_turn_after_it():
                              ref.logprobs_BS, rtol=1e-5, atol=1e-5)
 
 
-def test_continuous_batching_with_stop_texts_is_refused_with_the_fix():
-  tokenizer = CharTokenizer("ab\n")
-  chat = chat_lib.chat_format("plain", tokenizer=tokenizer)
-  with pytest.raises(ValueError, match="config.rollout.batching=fixed"):
-    rollout_lib.MultiTurnSampler(None, tokenizer, chat, _StopAtA(), LENGTHS,
-                                 batching="continuous")
-  rollout_lib.MultiTurnSampler(None, tokenizer, chat, _NoStops(), LENGTHS,
-                               batching="continuous")
+@pytest.mark.parametrize("stop_sequences", [((100, 97),), ((52,), (34, 100, 34))])
+def test_continuous_batching_stops_where_generate_does(stop_sequences):
+  ref = _generate(stop_sequences)
+  assert np.asarray(ref.done_B).any() and not np.asarray(ref.done_B).all()
+  _, graphdef, params = make()
+  tokens, valid = prompts()
+  out = continuous.generate_continuous(graphdef, params, continuous.prompt_rows(tokens, valid),
+                                       widths=(8,), method=S.Greedy(), pad_id=PAD, slots=2,
+                                       chunk=4, stop_sequences=stop_sequences)
+  got = out.attempts[0]
+  assert out.stats["prefills"] == 3          # row 2 refilled a slot whose tail was not empty
+  for name in ("tokens_BS", "valid_BS", "done_B", "lengths_B"):
+    np.testing.assert_array_equal(getattr(got, name), np.asarray(getattr(ref, name)),
+                                  err_msg=name)
+  np.testing.assert_allclose(got.logprobs_BS, np.asarray(ref.logprobs_BS), atol=2e-5,
+                             rtol=1e-5)
+
+
+def test_continuous_rollout_with_stop_texts_gives_the_fixed_episode():
+  sampler, ref = _rollout(_StopAtA())
+  _, graphdef, params = _model()
+  cont = sampler.with_batching("continuous", slots=2)
+  out = cont.rollout(params, params, PROBLEMS[::2], method=S.Greedy(), rng=jax.random.key(0))
+  assert out.y1 == ref.y1 == ["a", "ba", "b", "a"] and out.y2 == ref.y2
+  for name in ("tokens_BT", "valid_BT", "attempt_BT"):
+    np.testing.assert_array_equal(getattr(out.episode, name), getattr(ref.episode, name),
+                                  err_msg=name)
+  np.testing.assert_allclose(out.episode.sampler_logprobs_BT, ref.episode.sampler_logprobs_BT,
+                             atol=2e-5, rtol=1e-5)
 
 
 def test_gsm8k_stops_at_the_next_problem_only_few_shot(tmp_path):

@@ -4,7 +4,8 @@ the critical path.
 `MultiTurnSampler.rollout` calls `rollout(sampler, params, problems, ...)` here when every
 attempt is sampled with one policy and none is given. Each problem runs its whole chain of
 A attempts in one slot of `score_jax.continuous.generate_continuous`: attempt t >= 2
-appends `end_of_turn` (where attempt t-1 did not stop) + the instruction turn to the slot's
+appends `end_of_turn` (where attempt t-1 did not end on a stop id: budget or stop text)
++ the instruction turn to the slot's
 own cache, i.e. the turn-t context is built as soon as that row's attempt t-1 ends, and the
 slot takes the next problem when its chain ends.
 
@@ -109,7 +110,8 @@ def rollout(sampler: Any, params: Any, problems: Sequence[base.Problem], *, meth
     out = continuous.generate_continuous(
         sampler.graphdef, params, continuous.prompt_rows(prompt_BP, prompt_valid_BP),
         widths=(lengths.turn1,) + (lengths.turn2,) * (A - 1), method=method, rng=rng,
-        stop_ids=sampler.stop_ids, pad_id=sampler.pad_id, slots=sampler.slots,
+        stop_ids=sampler.stop_ids, stop_sequences=sampler.stop_sequences,
+        pad_id=sampler.pad_id, slots=sampler.slots,
         segment_steps=sampler.segment_steps, chunk=sampler.prefill_chunk,
         extra_fn=extra_fn, on_finish=on_finish, mesh=mesh)
   except BaseException:
@@ -120,7 +122,9 @@ def rollout(sampler: Any, params: Any, problems: Sequence[base.Problem], *, meth
   prompt = (prompt_BP[rows], prompt_valid_BP[rows])
   attempts = [(a.tokens_BS[rows], a.valid_BS[rows]) for a in out.attempts]
   logps = [a.logprobs_BS[rows] for a in out.attempts]
-  extras = [sampler.extra_chunk(a.done_B[rows]) for a in out.attempts[:-1]]
+  extras = [sampler.extra_chunk(sampler.ended_on_stop_id(a.tokens_BS[rows], a.valid_BS[rows],
+                                                         a.done_B[rows]))
+            for a in out.attempts[:-1]]
   episode = layout(prompt, attempts, extras, rewards, logps)
   local = split.take(list(problems))
   if not split.is_everything:

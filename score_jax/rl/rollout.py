@@ -76,7 +76,7 @@ class MultiTurnSampler:
   The task's stop texts (`task.stop_texts`, tokenised by `score_jax.stops.token_sequences`)
   end an attempt like a stop token: the stop text is the attempt's last tokens (kept, trained,
   in its text), and the next turn's context gets end_of_turn after it, as if the model had
-  emitted end_of_turn right there. The continuous path does not support them yet.
+  emitted end_of_turn right there (on both batching paths).
   """
 
   def __init__(self, graphdef: Any, tokenizer: Any, chat: Any, task: base.Task,
@@ -95,11 +95,6 @@ class MultiTurnSampler:
     self.stop_ids = tuple(sorted({self.eot_id, int(tokenizer.eos_id)}))
     self.pad_id = int(tokenizer.pad_id)
     self.stop_sequences = stops_lib.token_sequences(tokenizer, getattr(task, "stop_texts", ()))
-    if batching == "continuous" and self.stop_sequences:
-      raise ValueError(
-          f"config.rollout.batching='continuous' does not support stop texts yet, and task "
-          f"{task.name!r} declares stop_texts={tuple(task.stop_texts)!r} (e.g. GSM8K with "
-          "config.task.num_shots > 0); pass --config.rollout.batching=fixed")
     self.instruction = task.turn2_instruction if instruction is None else instruction
     self.second_turn_ids = chat_lib.second_turn_ids(chat, tokenizer, self.instruction)
     if len(self.second_turn_ids) + 1 > lengths.extra:
