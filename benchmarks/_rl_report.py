@@ -48,7 +48,7 @@ def breakdown(rec: dict, one_token_s: list[float] | None, scoring_s: dict) -> di
   b["host_s"] = step_s - b["sampling_s"] - b["grading_wait_s"] - update_call_s
   b["valid_tokens"], b["train_slots"] = rec["valid_tokens"], rec["slots"]
   b["train_slots_before"], b["columns"] = rec["slots_before"], rec["columns"]
-  b["columns_before"] = rec["columns_before"]
+  b["columns_before"], b["step_cpu_s"] = rec["columns_before"], rec["step_cpu_s"]
   return b
 
 
@@ -64,7 +64,9 @@ def summarize(ours: Any) -> dict:
            scoring_alone_s=statistics.mean(ours.scoring_s[r["columns"]] for r in rows),
            scoring_alone_s_by_columns={str(k): v for k, v in sorted(ours.scoring_s.items())},
            columns={"before": rows[0]["columns_before"],
-                    "after": [r["columns"] for r in rows], "bucket": ours.bucket},
+                    "after": [r["columns"] for r in rows], "bucket": ours.bucket,
+                    "compact": ours.compact if ours.bucket else "off"},
+           step_cpu_s_per_step=[r["step_cpu_s"] for r in rows],
            rollout_useful_tokens_per_s=mean["useful_tokens"] / mean["sampling_s"],
            rollout_useful_tokens_per_cpu_s=mean["useful_tokens"] / mean["sampling_cpu_s"],
            sampling_s_per_step=[r["sampling_s"] for r in rows],
@@ -87,6 +89,13 @@ def ratios(result: dict, modes: list[str]) -> dict:
           cont[f"rollout_useful_tokens_per_{unit}s"], fixed[f"rollout_useful_tokens_per_{unit}s"])
     r["continuous_over_fixed_step"] = common.ratio(cont["step_tokens_per_s"],
                                                    fixed["step_tokens_per_s"])
+  if result.get("arms"):                  # --arms: each arm over the first (the baseline)
+    base = result[modes[0]]
+    for m in modes[1:]:
+      r[f"{m}_over_{modes[0]}_step_valid_tok_s"] = common.ratio(
+          result[m]["step_tokens_per_s"], base["step_tokens_per_s"])
+      r[f"{m}_over_{modes[0]}_step_cpu_s"] = common.ratio(
+          base["breakdown"]["step_cpu_s"], result[m]["breakdown"]["step_cpu_s"])
   if "theirs" in result:
     for m, unit in ((m, u) for m in modes for u in ("", "cpu_")):
       r[f"{m}_over_theirs_rollout_useful_{unit}s"] = common.ratio(
@@ -96,15 +105,17 @@ def ratios(result: dict, modes: list[str]) -> dict:
 
 
 def print_report(result: dict, w: rlw.RLWorkload, modes: list[str]) -> None:
-  rows = [("mode", "step s") + tuple(k[:-2] for k in PARTS) + ("grading all", "useful tok/s roll",
-                                                              "useful tok/s step", "idle slots")]
+  rows = [("mode", "step s") + tuple(k[:-2] for k in PARTS) + (
+      "grading all", "useful tok/s roll", "useful tok/s step", "valid tok/s step", "cpu s",
+      "idle slots")]
   for m in modes:
     s = result[m]
     b = s["breakdown"]
     rows.append((m, common.fmt(b["step_s"], 2)) + tuple(common.fmt(b[k], 2) for k in PARTS)
                 + (common.fmt(b["grading_total_s"], 2),
                    common.fmt(s["rollout_useful_tokens_per_s"]),
-                   common.fmt(s["step_useful_tokens_per_s"]), f"{s['idle_slot_fraction']:.0%}"))
+                   common.fmt(s["step_useful_tokens_per_s"]), common.fmt(s["step_tokens_per_s"]),
+                   common.fmt(b["step_cpu_s"], 2), f"{s['idle_slot_fraction']:.0%}"))
   env = result["env"]
   common.print_table(
       f"rl_step (Stage II), workload {w.name}: {w.prompts} prompts x {w.samples}, prompt "
@@ -116,7 +127,13 @@ def print_report(result: dict, w: rlw.RLWorkload, modes: list[str]) -> None:
           f"{t['rollout_useful_tokens_per_s']:.1f} useful tok/s")
   for m in modes:
     c = result[m]["columns"]
-    print(f"{m}: Episode columns {c['before']} -> {c['after']} (bucket {c['bucket']})")
+    print(f"{m}: Episode columns {c['before']} -> {c['after']} ({c['compact']}, bucket "
+          f"{c['bucket']})")
+  ab = result.get("compact_ab")
+  for name in (ab or {}).get("median_s", {}):
+    print(f"jitted step A/B, {name} ({ab['columns'][name]} columns): median "
+          f"{ab['median_s'][name]:.2f} s of {[round(x, 2) for x in ab['step_call_s'][name]]}, "
+          f"loss {ab['loss'][name]:.9g}")
   for k, v in result["ratios"].items():
     print(f"{k}: {v:.2f}x")
   if result["continuous_missing"]:

@@ -119,6 +119,20 @@ def resolve(name: str, smoke: bool) -> RLWorkload:
   return w
 
 
+def parse_arms(spec: str) -> list[tuple[str, str]]:
+  """--arms "fixed:off,fixed:rows" -> [("fixed", "off"), ("fixed", "rows")]."""
+  arms = []
+  for item in spec.split(","):
+    batching, _, compaction = item.strip().partition(":")
+    if batching not in ("fixed", "continuous") or compaction not in ("off", "columns", "rows"):
+      raise SystemExit(f"--arms {item!r}: use batching:compaction with batching fixed or "
+                       "continuous and compaction off, columns or rows")
+    arms.append((batching, compaction))
+  if len(set(arms)) != len(arms):
+    raise SystemExit(f"--arms {spec!r} names an arm twice")
+  return arms
+
+
 # ------------------------------------------------------------------ tokenizer and lengths
 
 def _math_records(limit: int | None) -> list[dict]:

@@ -5,12 +5,15 @@ transformers `generate`.
   python benchmarks/rl_step.py --workload anchor      # 0.85B Llama, bf16, one GPU
   python benchmarks/rl_step.py --workload qwen1p5b --side ours   # Qwen2.5-1.5B shapes
   python benchmarks/rl_step.py --smoke                # seconds: checks that it runs
+  python benchmarks/rl_step.py --arms fixed:off,fixed:rows --side ours --ab-reps 3
+                            # the whole-step A/B: today's batch vs rows packed (issue 16)
 
 A step is what `Trainer.run` does for a Stage II step (`score_jax.train`): the trainer's own
 pieces, called in its order: `MultiTurnSampler.rollout` (turn-1 generate, decode, the
 instruction chunk, turn-2 generate on the turn-1 cache, the real MATH grader, the Episode
-layout), `Trainer.rollout_stats`, `train.global_batch` (which drops the columns that are
-padding in every row, as the trainer does: `train.compact_episodes`), then the jitted
+layout), `Trainer.rollout_stats`, `train.global_batch` (which drops padding as the trainer
+does, `train.compact_episodes`: the columns that are padding in every row, "columns", or
+each row's own padding, its needed columns packed to the left, "rows"), then the jitted
 `make_rl_step`
 (reference and policy scoring without gradient, policy forward + backward, Adam). Rows get
 forced lengths from the MATH length distribution (see `_rl_workload.py`). With
@@ -18,6 +21,9 @@ forced lengths from the MATH length distribution (see `_rl_workload.py`). With
 interleaved: "fixed" and, when configs/base.py has `rollout.batching` or `MultiTurnSampler`
 has `with_batching`, "continuous" (`score_jax.continuous`, grading while decoding), plus the
 transformers rollout (`--side both`), all on the same problems and forced lengths.
+`--arms batching:compaction,...` (e.g. `fixed:off,fixed:rows,continuous:rows`) runs those
+configurations instead, interleaved the same way, each named by its spec; the ratios are
+each arm's step valid tok/s over the first arm's (the baseline).
 
 The breakdown of a step (seconds; they add up to the step's wall time):
   prefill, decode_useful, idle_rows   the generate calls, split with 1-token calls at the
@@ -31,6 +37,8 @@ The breakdown of a step (seconds; they add up to the step's wall time):
         with rl.kl_mode=reward), timed alone afterwards at the same shapes
   update         the rest of the jitted step: policy forward + backward, clip, Adam
   host           everything else (tokenising, decoding, layout, metrics, transfers)
+  step_cpu_s     CPU seconds of this process during the step (the grader's worker
+        processes not included)
 A step whose compacted width (columns) was not met before first runs the jitted step once
 on copies, untimed (one compilation per width; a run has at most ceil(T / bucket) + 1).
 Useful tokens are tokens of rows not yet stopped (= the forced lengths). The last line of
@@ -71,22 +79,32 @@ def parse_args(argv=None):
   p.add_argument("--slots", type=int, default=0,
                  help="continuous batching: rows decoded at once (0: the sampler's default)")
   p.add_argument("--compact-bucket", type=int, default=None,
-                 help="drop the Episode's all-padding columns, padding to a multiple of this "
+                 help="drop the Episode's padding, padding back to a multiple of this "
                       "(default: configs/base.py train.compact_*, as the trainer; 0: off)")
+  p.add_argument("--compact", choices=("columns", "rows", "off"), default=None,
+                 help="which padding goes (default: configs/base.py "
+                      "train.compact_episodes): the all-padding columns or each row's own")
+  p.add_argument("--arms", default=None,
+                 help="comma-separated batching:compaction configurations to interleave "
+                      "instead of --batching, e.g. fixed:off,fixed:rows (the first is the "
+                      "baseline of the ratios)")
   p.add_argument("--ab-reps", type=int, default=0,
-                 help="also time the jitted step on the last episode at full and compacted "
-                      "width, interleaved, this many times each")
+                 help="also time the jitted step on the last episode at full width, columns "
+                      "dropped and rows packed, interleaved, this many times each")
   p.add_argument("--seed", type=int, default=0)
   return p.parse_args(argv)
 
 
-def compact_bucket(requested: int | None) -> int:
-  """The trainer's `Trainer.compact_bucket` from configs/base.py, or --compact-bucket."""
-  if requested is not None:
-    return max(int(requested), 0)
+def compact_setting(bucket: int | None, mode: str | None) -> tuple[int, str]:
+  """(bucket, mode) of `train.global_batch`: configs/base.py's train.compact_* (as the
+  trainer), or --compact-bucket / --compact (bucket 0, mode "off": compaction off)."""
   from configs import base  # pylint: disable=import-outside-toplevel
+  from score_jax.rl import episode  # pylint: disable=import-outside-toplevel
   t = base.get_config().train
-  return int(t.compact_bucket) if t.get("compact_episodes", False) else 0
+  default_bucket, default_mode = episode.compact_setting(t)
+  mode = default_mode if mode is None else episode.compact_mode(mode)
+  bucket = (default_bucket or int(t.compact_bucket)) if bucket is None else max(int(bucket), 0)
+  return (bucket, mode) if bucket and mode else (0, "off")
 
 
 def batching_modes(requested: str) -> tuple[list[str], str | None]:
@@ -108,7 +126,7 @@ class Ours:
   """One batching mode: its own params / optimizer state, the trainer's pieces."""
 
   def __init__(self, mode: str, slots: int, w: rlw.RLWorkload, lm: Any, graphdef: Any,
-               ref: Any, parts: dict, shared: dict, bucket: int = 0):
+               ref: Any, parts: dict, shared: dict, bucket: int = 0, compact: str = "off"):
     """`shared` holds the jitted step and scoring function of every mode (one compile)."""
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -124,7 +142,7 @@ class Ours:
         config.rollout.slots = slots
     config.train.update(micro_batches=w.micro_batches, logit_chunk=w.logit_chunk)
     self.mode, self.w, self.config, self.ref, self.graphdef = mode, w, config, ref, graphdef
-    self.bucket = bucket
+    self.bucket, self.compact = bucket, compact
     self.params = jax.tree.map(jnp.copy, lm.params)        # the step donates them
     self.components = build.Components(config, None, parts["task"], parts["tokenizer"],
                                        parts["chat"], parts["model_config"], graphdef,
@@ -155,28 +173,31 @@ class Ours:
     holder.log = log = rlw.StepLog(targets=targets)
     rows = [p for p in problems for _ in range(self.w.samples)]
     key = jax.random.fold_in(jax.random.key(self.config.seed), index)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     self.opt_state = step_lib.set_learning_rate(self.opt_state, self.config.optim.lr)
     result = self.two_turn.rollout(self.params, self.params, rows, method=method, rng=key,
                                    process_local=True)
     stats = train.Trainer.rollout_stats(types.SimpleNamespace(c=self.components), [result])
-    batch = train.global_batch([(result.episode, result.split)], None, self.bucket)
+    batch = train.global_batch([(result.episode, result.split)], None, self.bucket,
+                               self.compact)
     columns = int(batch.tokens_BT.shape[1])
     if columns not in self.shared.setdefault("batches", {}):
       # A width met for the first time compiles the step once (a run has at most
       # ceil(T / bucket) + 1 widths): done on copies, untimed, so each timed step is one
       # compiled call whatever its width.
-      w0 = time.perf_counter()
+      w0, wcpu = time.perf_counter(), time.process_time()
       jax.block_until_ready(self.step(jax.tree.map(jax.numpy.copy, self.params),
                                       jax.tree.map(jax.numpy.copy, self.opt_state),
                                       self.ref, batch))
       self.shared["batches"][columns] = batch
       t0 += time.perf_counter() - w0
+      cpu0 += time.process_time() - wcpu
     u0 = time.perf_counter()
     self.params, self.opt_state, out = self.step(self.params, self.opt_state, self.ref, batch)
     out = jax.device_get(out)
     t1 = time.perf_counter()
     self.records.append(dict(log=log, t0=t0, t1=t1, u0=u0, stats=stats, loss=float(out["loss"]),
+                             step_cpu_s=time.process_time() - cpu0,
                              sampler_stats=getattr(result, "stats", None),
                              valid_tokens=int(np.sum(result.episode.valid_BT)),
                              slots=int(np.size(batch.valid_BT)),
@@ -219,15 +240,16 @@ class Ours:
       scoring_s[columns] = statistics.median(times)
     self.scoring_s = scoring_s
 
-  def compare_widths(self, episode: Any, reps: int) -> dict:
-    """The jitted step on `episode` at its full width and compacted, interleaved `reps`
-    times each, on copies of the state (--ab-reps): the same work, two widths, one process;
-    both widths must give the same loss."""
+  def compare_widths(self, episode: Any, reps: int, bucket: int) -> dict:
+    """The jitted step on `episode` at its full width, with the all-padding columns dropped
+    and with its rows packed (`bucket`), interleaved `reps` times each, on copies of the
+    state (--ab-reps): the same work, three widths, one process; all must give the same
+    loss."""
     import jax  # pylint: disable=import-outside-toplevel
     from score_jax import multihost, train  # pylint: disable=import-outside-toplevel
     split = multihost.RowSplit.everything(episode.tokens_BT.shape[0])
-    batches = {int(b.tokens_BT.shape[1]): b for b in (
-        train.global_batch([(episode, split)], None, bucket) for bucket in (0, self.bucket))}
+    batches = {name: train.global_batch([(episode, split)], None, b, mode) for name, b, mode in (
+        ("full", 0, None), ("columns", bucket, "columns"), ("rows", bucket, "rows"))}
 
     def call(batch):
       start = time.perf_counter()
@@ -241,9 +263,10 @@ class Ours:
     for _ in range(reps):
       for k, b in batches.items():
         times[k].append(call(b)[0])
-    return {"step_call_s": {str(k): v for k, v in times.items()},
-            "median_s": {str(k): statistics.median(v) for k, v in times.items()},
-            "loss": {str(k): v for k, v in losses.items()}}
+    return {"columns": {k: int(b.tokens_BT.shape[1]) for k, b in batches.items()},
+            "bucket": bucket, "step_call_s": times,
+            "median_s": {k: statistics.median(v) for k, v in times.items()},
+            "loss": losses}
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -254,7 +277,18 @@ def main(argv=None) -> dict[str, Any]:
   common.setup_env(w.model)
   import torch  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(args.threads)
-  modes, why = batching_modes(args.batching)
+  if args.arms:
+    arms = rlw.parse_arms(args.arms)
+    if any(b == "continuous" for b, _ in arms):
+      batching_modes("continuous")                # fails where the checkout has none
+    why, bucket = None, compact_setting(args.compact_bucket, None)[0] or 64
+    modes = [f"{b}:{c}" for b, c in arms]
+    settings = {m: (b, *((bucket, c) if c != "off" else (0, "off"))) for m, (b, c) in
+                zip(modes, arms)}
+  else:
+    modes, why = batching_modes(args.batching)
+    bucket, mode = compact_setting(args.compact_bucket, args.compact)
+    settings = {m: (m, bucket, mode) for m in modes}
   device = common.torch_device(w.model)
   run_theirs = args.side == "both"
   hf, lm = common.build_models(w.model, args.seed, device, need_hf=run_theirs)
@@ -264,6 +298,7 @@ def main(argv=None) -> dict[str, Any]:
   from score_jax import sampler as sampler_lib  # pylint: disable=import-outside-toplevel
   from score_jax import train  # pylint: disable=import-outside-toplevel
   from score_jax.model import transformer as model_lib  # pylint: disable=import-outside-toplevel
+  from score_jax.tasks.math import grading  # pylint: disable=import-outside-toplevel
   from score_jax.text import chat as chat_lib  # pylint: disable=import-outside-toplevel
   model_config = lm.config.replace(remat=w.remat)
   graphdef = (model_lib.abstract_params(model_config)[0] if w.remat != lm.config.remat
@@ -281,8 +316,8 @@ def main(argv=None) -> dict[str, Any]:
   pool = rlw.scaled_lengths(real_lengths, w.turn_tokens)
   ref = jax.tree.map(jnp.copy, lm.params)
   shared: dict = {}
-  bucket = compact_bucket(args.compact_bucket)
-  runs = {m: Ours(m, args.slots, w, lm, graphdef, ref, parts, shared, bucket) for m in modes}
+  runs = {m: Ours(b, args.slots, w, lm, graphdef, ref, parts, shared, mb, c)
+          for m, (b, mb, c) in settings.items()}
   first = runs[modes[0]].two_turn
   method = rlw.NeverStop(sampler_lib.Temperature(1.0), first.stop_ids)
   problems = task.load("train")
@@ -306,6 +341,7 @@ def main(argv=None) -> dict[str, Any]:
   with rlw.forced_lengths(lambda: holder.log):
     for i in range(len(steps)):                   # interleaved: mode, mode, theirs, ...
       for m in modes:
+        grading.clear_verdict_cache()             # each arm grades its texts afresh
         start = time.perf_counter()
         episode = runs[m].run(i, steps[i], targets[i], method, holder)
         print(f"step {i} {m}: {time.perf_counter() - start:.2f} s", flush=True)
@@ -324,7 +360,8 @@ def main(argv=None) -> dict[str, Any]:
   for m in modes:
     runs[m].calibrate(episode)
   task.close()
-  ab = runs[modes[0]].compare_widths(episode, args.ab_reps) if args.ab_reps else None
+  ab = (runs[modes[0]].compare_widths(episode, args.ab_reps, bucket or 64) if args.ab_reps
+        else None)
   ours_ok = all(np.array_equal(np.concatenate(lengths), np.concatenate(
       [np.minimum(t, width) for t, width in zip(rec["log"].targets, widths)]))
                 for r in runs.values() for rec in r.records
@@ -334,6 +371,8 @@ def main(argv=None) -> dict[str, Any]:
       "benchmark": "rl_step", "workload": dataclasses.asdict(w), "smoke": args.smoke,
       "reps": args.reps, "warmup": args.warmup, "batching": modes, "continuous_missing": why,
       "answer_suffix": args.answer_suffix, "first_step_s": first_s, "compact_bucket": bucket,
+      "arms": {m: {"batching": b, "bucket": mb, "compact": c}
+               for m, (b, mb, c) in settings.items()},
       "compact_ab": ab,
       "checks": {"ours_lengths_match_targets": bool(ours_ok)},
       "lengths": rlw.length_stats(real_lengths, pool, tokenizer.vocab_size, w.turn_tokens)}

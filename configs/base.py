@@ -169,8 +169,10 @@ def get_config() -> ml_collections.ConfigDict:
       micro_batches=1,               # gradient accumulation over this many micro-batches
       logit_chunk=0,                 # project to the vocabulary this many positions at a
                                      # time (0: all at once); memory only, same math
-      compact_episodes=True,         # drop the columns no row of the step needs (padding);
-                                     # speed only, same math (tests/rl/test_compact.py)
+      compact_episodes="rows",       # drop padding before the step: "rows" packs each row's
+                                     # needed columns to the left, "columns" drops those no
+                                     # row needs (True: the same), False: off; speed only,
+                                     # same math (tests/rl/test_compact.py, test_pack.py)
       compact_bucket=64,             # ... padding back to a multiple of this many columns
       log_every=1,                   # write train metrics every N steps
       max_nan_steps=3,               # stop after this many non-finite losses in a row

@@ -36,9 +36,11 @@ import json
 import logging
 import os
 import pathlib
+import socket
 import sys
 import time
 import traceback
+import uuid
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -69,7 +71,8 @@ SAFE: dict[str, str] = {
     "train.max_nan_steps": "when to stop; the steps taken are the same",
     "train.micro_batches": "memory: the same loss and gradient (tests/rl/test_step.py)",
     "train.logit_chunk": "memory: the same loss and gradient (tests/rl/test_step.py)",
-    "train.compact_episodes": "speed: the same loss and gradient (tests/rl/test_compact.py)",
+    "train.compact_episodes": "speed: the same loss and gradient (tests/rl/test_compact.py, "
+                              "test_pack.py; True, of older runs, means 'columns')",
     "train.compact_bucket": "speed: the same loss and gradient (tests/rl/test_compact.py)",
     "model.remat": "memory: recomputes the same forward pass",
     "model.attention": "the attention kernel, not the function",
@@ -267,7 +270,8 @@ def check_workdir(workdir: Any, *, create: bool) -> None:
     if create:
       path.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
-      probe = path / f".score_jax-probe-{os.getpid()}-{jax.process_index()}"
+      # No JAX call here: evaluate checks the workdir before jax.distributed.initialize().
+      probe = path / f".score_jax-probe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
       probe.write_bytes(b"")
       probe.unlink()
   except OSError as e:

@@ -88,16 +88,17 @@ def _concat_rows(mesh: jax.sharding.Mesh, episodes: list[episode_lib.Episode]
   return jax.tree.map(rows, *episodes)
 
 
-def global_batch(parts: Parts, mesh: jax.sharding.Mesh | None,
-                 compact_bucket: int = 0) -> episode_lib.Episode:
+def global_batch(parts: Parts, mesh: jax.sharding.Mesh | None, compact_bucket: int = 0,
+                 compact: str = "columns") -> episode_lib.Episode:
   """The step's global Episode (sub-batches stacked row-wise) from this process's rows, with
-  `compact_bucket` > 0 (config.train.compact_*) without the columns no row needs on any
-  process (a collective), padded to a multiple of it (`episode.compact_columns`: same math)."""
+  `compact_bucket` > 0 (config.train.compact_*) without the padding of `compact` "columns" or
+  "rows" over every process (a collective), padded to a multiple of it (same math: see
+  `episode.compact_episodes`)."""
   if compact_bucket:
-    keep_T = np.any([row for ep, split in parts for row in multihost.gather_rows(
-        list(episode_lib.needed_columns(ep)), split)], axis=0)
-    parts = [(episode_lib.compact_columns(ep, keep_T, compact_bucket), split)
-             for ep, split in parts]
+    gather = lambda i, rows: multihost.gather_rows(rows, parts[i][1])  # noqa: E731
+    episodes = episode_lib.compact_episodes([ep for ep, _ in parts], compact, compact_bucket,
+                                            gather)
+    parts = [(ep, split) for ep, (_, split) in zip(episodes, parts)]
   if all(split.is_everything for _, split in parts):
     episode = episode_lib.concat([ep for ep, _ in parts])
     return jax.tree.map(lambda x: multihost.put_batch(x, mesh), episode)
@@ -124,6 +125,7 @@ class Trainer:
     config_lib.check_ranges(config)
     plan_lib.validate(config)
     validation_lib.check_config(config)
+    self.compact = episode_lib.compact_setting(config.train)   # (bucket, mode): global_batch
     self.config, self.workdir = config, checkpoint_lib.as_path(workdir)
     # W/config.json; resuming with a changed config refuses unless it is safe or `force`.
     run_config.record_run_config(self.workdir, config, force=force,
@@ -151,8 +153,6 @@ class Trainer:
     self.sampling = reshard_lib.SamplingParams(fsdp=config.mesh.sampling_fsdp)
     self.shardings = step_lib.step_shardings(self.optimizer, self.c.base_params, self.c.mesh)
     self._steps: dict[str, Any] = {}
-    self.compact_bucket = (int(config.train.compact_bucket)     # see global_batch
-                           if config.train.get("compact_episodes", False) else 0)
     # Greedy validation every config.eval.validation_every steps (score_jax.validation).
     self.validator = validation_lib.Validator(self.c, self.workdir, self.total,
                                               is_writer=self.is_writer)
@@ -361,7 +361,7 @@ class Trainer:
         parts, stats = self.rl_batch(stage, params, ref, data, step_key)
       reshard_s = self.sampling.release()   # sampling copies are freed before training
       t_rollout = time.perf_counter() - t0
-      batch = global_batch(parts, self.c.mesh, self.compact_bucket)
+      batch = global_batch(parts, self.c.mesh, *self.compact)
       params, opt_state, out = self.step_fn(stage)(params, opt_state, ref if ref is not None
                                                    else params, batch)
       out = {k: float(v) for k, v in jax.device_get(out).items()}

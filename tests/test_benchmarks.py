@@ -199,6 +199,43 @@ def test_rl_step_smoke_every_batching_mode():
   _check_rl_step(_run("rl_step.py", "--smoke", marker="rl_step (Stage II)"))
 
 
+@pytest.mark.slow
+def test_rl_step_smoke_arms_and_the_width_ab():
+  """~40 s at load 7: --arms runs each batching:compaction arm on the same problems and
+  forced lengths, with its ratios over the first arm; --ab-reps times the jitted step at
+  full width, columns dropped and rows packed, all with the same loss."""
+  r = _run("rl_step.py", "--smoke", "--arms", "fixed:off,fixed:rows", "--side", "ours",
+           "--ab-reps", "1", marker="rl_step (Stage II)")
+  assert r["batching"] == ["fixed:off", "fixed:rows"] and "theirs" not in r
+  assert r["checks"] == {"ours_lengths_match_targets": True}
+  assert r["arms"] == {"fixed:off": {"batching": "fixed", "bucket": 0, "compact": "off"},
+                       "fixed:rows": {"batching": "fixed", "bucket": 64, "compact": "rows"}}
+  off, rows = r["fixed:off"], r["fixed:rows"]
+  assert off["columns"]["compact"] == "off" and rows["columns"]["compact"] == "rows"
+  assert rows["breakdown"]["valid_tokens"] == off["breakdown"]["valid_tokens"]
+  for s in (off, rows):
+    b = s["breakdown"]
+    assert 0 < b["step_cpu_s"] and len(s["step_cpu_s_per_step"]) == 1
+    assert s["step_tokens_per_s"] == pytest.approx(b["valid_tokens"] / b["step_s"])
+  assert r["ratios"]["fixed:rows_over_fixed:off_step_valid_tok_s"] == pytest.approx(
+      rows["step_tokens_per_s"] / off["step_tokens_per_s"])
+  assert r["ratios"]["fixed:rows_over_fixed:off_step_cpu_s"] == pytest.approx(
+      off["breakdown"]["step_cpu_s"] / rows["breakdown"]["step_cpu_s"])
+  ab = r["compact_ab"]
+  assert set(ab["median_s"]) == {"full", "columns", "rows"}
+  assert ab["columns"]["full"] >= ab["columns"]["columns"] >= ab["columns"]["rows"]
+  for name in ("columns", "rows"):
+    assert ab["loss"][name] == pytest.approx(ab["loss"]["full"], rel=1e-4, abs=1e-6)
+
+
+def test_rl_step_arms_by_hand():
+  assert rl_workload.parse_arms("fixed:off, continuous:rows") == [("fixed", "off"),
+                                                                  ("continuous", "rows")]
+  for bad in ("fixed", "fixed:packed", "slots:rows", "fixed:off,fixed:off"):
+    with pytest.raises(SystemExit, match="--arms"):
+      rl_workload.parse_arms(bad)
+
+
 def test_rl_workload_accounting_by_hand():
   # rows of 3, 1 and 5 tokens in a 6-wide decode: 5 iterations x 3 slots, 9 useful, 6 idle
   assert rl_workload.slot_steps([3, 1, 5], 6) == (5, 9, 6)

@@ -9,11 +9,15 @@
   unless forced, keeping the old config as config.<time>.json.
 - A checkpoint of another model raises TreeMismatchError naming the arrays and shapes, never
   CorruptCheckpointError (which would be skipped for another step).
+- evaluate reads its workdir and config without a JAX call before
+  jax.distributed.initialize() (a multi-process eval failed there: the workdir probe asked
+  jax.process_index()).
 """
 
 import json
 import shutil
 import subprocess
+import sys
 
 import jax.numpy as jnp
 import pytest
@@ -199,6 +203,27 @@ def test_a_workdir_that_is_a_file_or_not_writable_is_refused(tmp_path):
       run_config.check_workdir(frozen, create=False)
   finally:
     subprocess.run(["chattr", "-i", str(frozen)], check=True)
+
+
+# evaluate.main up to jax.distributed.initialize(), which must still be possible there.
+_EVAL_BEFORE_DISTRIBUTED = """
+import sys
+from jax._src import xla_bridge
+from score_jax import evaluate, multihost
+def check(config):
+  print("backends initialized:", xla_bridge.backends_are_initialized())
+  raise SystemExit(0)
+multihost.maybe_initialize_distributed = check
+evaluate.main(["--workdir", sys.argv[1], "--step", "0"])
+"""
+
+
+def test_evaluate_makes_no_jax_call_before_distributed_initialize(tmp_path):
+  _write_run(tmp_path / "run")
+  out = subprocess.run([sys.executable, "-c", _EVAL_BEFORE_DISTRIBUTED, str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "backends initialized: False" in out.stdout, out.stdout + out.stderr[-2000:]
 
 
 def test_tree_mismatches_name_each_array():

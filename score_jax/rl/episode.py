@@ -14,9 +14,10 @@ attempts that are context only (e.g. another policy's first attempts). An earlie
 inside the context of a later one is prompt for the later one, so each token belongs to at
 most one attempt by construction. `rewards_BA[b, t-1]` is the task's reward of attempt t.
 One forward pass of the trainer scores every attempt with exactly the positions and masks
-the sampler used. The trainer drops the columns that no row of a step's batch needs and pads
-back to a bucket (`needed_columns`, `compact_columns`; config.train.compact_*): the same
-math on fewer columns.
+the sampler used. The trainer drops padding before the step (config.train.compact_*, see
+`compact_episodes`): either the columns that no row of the step's batch needs
+(`compact_columns`), or, per row, every column that row does not need, its needed columns
+packed to the left (`pack_rows`); both pad back to a bucket: the same math on fewer columns.
 
 An Episode is a pytree (a NamedTuple of arrays, every one with the batch first): the rollout
 builds it in numpy, the trainer puts it on the mesh as it is, and the jitted step and the
@@ -29,7 +30,7 @@ Legend: B batch, T sequence length, A attempts, S segment length.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -193,7 +194,18 @@ def concat(episodes: list[Episode]) -> Episode:
 #   * every per-token weight of the losses comes from `attempt_BT`, which moves with its
 #     column; the columns appended at the end are invalid and untrained, and come after
 #     every kept column, so causal attention never lets them change the kept ones.
-# tests/rl/test_compact.py checks the arrays by hand and the losses and gradients of the step.
+# Packing each row (`pack_rows`) is the same argument row by row: a row keeps the columns IT
+# needs, in order, so its valid tokens keep their order (hence their RoPE positions and what
+# each attends; sliding windows compare positions), each trained token keeps the column
+# before it (the hidden state that scores it, even where that column is padding:
+# `needed_columns`), and the log-probs, sampler log-probs and attempt ids move with their
+# columns. Nothing after `train.global_batch` reads an absolute column: the losses, the KL,
+# Stage II's shaped rewards and every metric are per-token masks from `attempt_BT` or per
+# row (`rewards_BA`); micro-batches split rows; `logit_chunk` splits the (shifted) columns
+# of each row alike; `Lengths.attempt_start` and `train_only` / `without_attempt` are used
+# on the rollout's Episode, before compaction.
+# tests/rl/test_compact.py and test_pack.py check the arrays by hand and the losses and
+# gradients of the step (test_pack.py fails if the column before a trained token is dropped).
 
 
 def needed_columns(episode: Episode) -> np.ndarray:
@@ -242,3 +254,83 @@ def compact_columns(episode: Episode, keep_T: Any, bucket: int) -> Episode:
   return episode._replace(tokens_BT=take(episode.tokens_BT), valid_BT=take(episode.valid_BT),
                           attempt_BT=take(episode.attempt_BT),
                           sampler_logprobs_BT=take(episode.sampler_logprobs_BT))
+
+
+def pack_rows(episode: Episode, width: int) -> Episode:
+  """Each row's needed columns (`needed_columns`), in order, moved to the left and padded at
+  the end with invalid, untrained columns (token 0, log-prob 0) to `width` columns (numpy).
+
+  `width` must be the same for every part of a step's batch (on every process): use
+  `compact_width` of the largest `needed_columns(...).sum(axis=1)` over all rows. The math is
+  unchanged (see the comment above).
+  """
+  need_BT = needed_columns(episode)
+  B, T = need_BT.shape
+  longest = int(need_BT.sum(axis=1).max(initial=0))
+  if not longest <= width <= T:
+    raise ValueError(f"pack_rows: width={width} must be in [{longest}, {T}]: at least the most "
+                     f"columns a row needs ({longest}) and at most Episode.tokens_BT's {T}")
+  # A stable sort of (not needed) puts each row's needed columns first, in their order.
+  order_BW = np.argsort(~need_BT, axis=1, kind="stable")[:, :width]
+  keep_BW = np.take_along_axis(need_BT, order_BW, axis=1)
+
+  def take(x: Any) -> np.ndarray:
+    x = np.asarray(x)
+    return np.where(keep_BW, np.take_along_axis(x, order_BW, axis=1), 0).astype(x.dtype)
+
+  return episode._replace(tokens_BT=take(episode.tokens_BT), valid_BT=take(episode.valid_BT),
+                          attempt_BT=take(episode.attempt_BT),
+                          sampler_logprobs_BT=take(episode.sampler_logprobs_BT))
+
+
+COMPACT_MODES = ("columns", "rows")
+
+
+def compact_mode(value: Any) -> str | None:
+  """config.train.compact_episodes -> "columns", "rows" or None (off).
+
+  True means "columns" (what True did before "rows" existed: W/config.json files of older
+  runs read back unchanged); False, None, "false", "off", "none" mean off.
+  """
+  if value is True or (isinstance(value, str) and value.lower() == "true"):
+    return "columns"
+  if value is False or value is None or (isinstance(value, str)
+                                         and value.lower() in ("false", "off", "none", "")):
+    return None
+  if isinstance(value, str) and value.lower() in COMPACT_MODES:
+    return value.lower()
+  raise ValueError(f"config.train.compact_episodes={value!r} is unknown: use one of "
+                   f"{COMPACT_MODES} or False (off); True means 'columns'")
+
+
+def compact_setting(train: Any) -> tuple[int, str | None]:
+  """(bucket, mode) of config.train for `train.global_batch`: bucket 0 when off."""
+  mode = compact_mode(train.get("compact_episodes", False))
+  return (int(train.compact_bucket) if mode else 0), mode
+
+
+def compact_episodes(episodes: Sequence[Episode], mode: str, bucket: int,
+                     gather: Callable[[int, list], list]) -> list[Episode]:
+  """The parts of one step's batch, compacted alike (`mode` "columns" or "rows").
+
+  `gather(i, values)` returns one value per row of the WHOLE step's part i, given this
+  process's rows' `values` (`multihost.gather_rows`): every process then keeps the same
+  columns ("columns") or packs to the same width ("rows").
+  """
+  if mode not in COMPACT_MODES:
+    raise ValueError(f"compact_episodes: mode={mode!r}: use one of {COMPACT_MODES} "
+                     "(config.train.compact_episodes)")
+  if not episodes:
+    return []
+  T = np.shape(episodes[0].tokens_BT)[1]
+  needs = [needed_columns(ep) for ep in episodes]
+  if mode == "columns":
+    keep_T = np.zeros(T, bool)
+    for i, need_BT in enumerate(needs):
+      for row in gather(i, list(need_BT)):
+        keep_T |= np.asarray(row, bool)
+    return [compact_columns(ep, keep_T, bucket) for ep in episodes]
+  longest = max(max(gather(i, need_BT.sum(axis=1).tolist()), default=0)
+                for i, need_BT in enumerate(needs))
+  width = compact_width(int(longest), T, bucket)
+  return [pack_rows(ep, width) for ep in episodes]

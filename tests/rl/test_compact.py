@@ -9,6 +9,8 @@ a speed setting that must not change the math.
   gradients of `make_rl_step` are the same with and without compaction, with 1 and 2
   micro-batches and a chunked vocabulary projection; `train.global_batch` gives the
   bucketed number of columns.
+- Two processes: both keep the same columns, and both pack rows ("rows", test_pack.py) to
+  the same width, the widest row of either process.
 """
 
 import functools
@@ -183,42 +185,56 @@ def _staircase() -> episode_lib.Episode:
   return episode_lib.Episode(tokens, valid, attempt, np.zeros((8, 2), np.float32), logp)
 
 
+def _ragged() -> episode_lib.Episode:
+  """The staircase, but rows 4-7 (process 1) hold 4 columns, r .. r + 3: packed per row,
+  process 0's rows need 2 columns and process 1's need 4."""
+  ep = _staircase()
+  cols_T = np.arange(12)
+  valid = np.stack([(cols_T >= r) & (cols_T <= r + (1 if r < 4 else 3)) for r in range(8)])
+  return ep._replace(valid_BT=valid)
+
+
 def worker_compact(argv: list[str]) -> None:
-  """One process of `test_two_processes_keep_the_same_columns`: its rows, compacted."""
+  """One process of `test_two_processes_keep_the_same_columns`: its rows, compacted
+  ("columns", on `_staircase`) and packed ("rows", on `_ragged`)."""
   import json  # pylint: disable=import-outside-toplevel
   import pathlib  # pylint: disable=import-outside-toplevel
   import ml_collections  # pylint: disable=import-outside-toplevel
   from score_jax import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   multihost.maybe_initialize_distributed(ml_collections.ConfigDict({"distributed": True}))
   mesh = mesh_lib.make_mesh(fsdp=-1)
-  ep = _staircase()
   split = multihost.row_split(mesh, 8)
-  local = jax.tree.map(lambda x: x[split.rows], ep)
-  batch = train_lib.global_batch([(local, split)], mesh, compact_bucket=2)
-  got = {"rows": split.rows.tolist(), "shape": list(batch.tokens_BT.shape)}
-  for name in ("tokens_BT", "valid_BT", "attempt_BT", "sampler_logprobs_BT"):
-    got[name] = multihost.local_rows(getattr(batch, name), split).tolist()
-  out = pathlib.Path(argv[0]) / f"compact.{jax.process_index()}.json"
-  out.write_text(json.dumps(got))
+  for mode, ep, bucket in (("columns", _staircase(), 2), ("rows", _ragged(), 1)):
+    local = jax.tree.map(lambda x, s=split: x[s.rows], ep)
+    batch = train_lib.global_batch([(local, split)], mesh, bucket, mode)
+    got = {"rows": split.rows.tolist(), "shape": list(batch.tokens_BT.shape)}
+    for name in ("tokens_BT", "valid_BT", "attempt_BT", "sampler_logprobs_BT"):
+      got[name] = multihost.local_rows(getattr(batch, name), split).tolist()
+    out = pathlib.Path(argv[0]) / f"{mode}.{jax.process_index()}.json"
+    out.write_text(json.dumps(got))
 
 
 def test_two_processes_keep_the_same_columns(tmp_path):
   """Each process's rows need other columns; the kept set is gathered, so both processes
-  build the same 10 columns (9 needed, bucket 2), those of the one-process compaction."""
+  build the same 10 columns (9 needed, bucket 2), those of the one-process compaction.
+  Packed per row, both processes pack to the widest row of either (4 columns: process 0's
+  rows need 2), as one process does."""
   import json  # pylint: disable=import-outside-toplevel
   from tests.test_multiprocess import launch  # pylint: disable=import-outside-toplevel
-  ep = _staircase()
-  want = _compacted(ep, 2)
-  assert want.tokens_BT.shape == (8, 10)
+  wants = {"columns": _compacted(_staircase(), 2),
+           "rows": train_lib.global_batch([(_ragged(), multihost.RowSplit.everything(8))],
+                                          None, 1, "rows")}
+  assert wants["columns"].tokens_BT.shape == (8, 10)
+  assert wants["rows"].tokens_BT.shape == (8, 4)
   launch("compact", [str(tmp_path)], processes=2, devices=4, log_dir=tmp_path, timeout=300,
          module="tests.rl.test_compact")
-  for p in range(2):
-    got = json.loads((tmp_path / f"compact.{p}.json").read_text())
+  for (mode, want), p in ((m, p) for m in wants.items() for p in range(2)):
+    got = json.loads((tmp_path / f"{mode}.{p}.json").read_text())
     rows = got["rows"]
-    assert got["shape"] == [8, 10] and len(rows) == 4
+    assert got["shape"] == list(want.tokens_BT.shape) and len(rows) == 4, mode
     for name in ("tokens_BT", "valid_BT", "attempt_BT", "sampler_logprobs_BT"):
       np.testing.assert_array_equal(np.asarray(got[name]), getattr(want, name)[rows],
-                                    err_msg=name)
+                                    err_msg=f"{mode} {name}")
 
 
 if __name__ == "__main__":
