@@ -159,7 +159,11 @@ STAGE2 = losses.LossConfig(stage="stage2", alpha=10.0, beta1=0.3, baseline="loo"
     (STAGE1, 1, 0, 1), (STAGE1, 2, 0, 4), (STAGE2, 1, 0, 4), (STAGE2, 2, 3, 1)])
 def test_step_is_the_same_with_compaction(cfg, micro, chunk, bucket):
   ep = _rollout_episode()
-  small = _compacted(ep, bucket)
+  assert_same_step(cfg, ep, _compacted(ep, bucket), micro, chunk)
+
+
+def assert_same_step(cfg, ep, small, micro, chunk):
+  """`small` (ep without padding) is narrower and gives the step's metrics and gradients."""
   assert small.tokens_BT.shape[1] < ep.tokens_BT.shape[1]
   want_m, want_g = _step(cfg, ep, micro, chunk)
   got_m, got_g = _step(cfg, small, micro, chunk)
