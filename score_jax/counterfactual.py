@@ -15,7 +15,8 @@ each condition:
              algorithm: no problem keeps its own)
   perturbed  `task.perturb` of y1 (sorting: a random permutation of y1's letters)
 
-Per condition, with standard errors over problems: `acc_given` (the reward of y1'),
+Per condition, with standard errors over problems: `acc_given` (the reward of y1' as turn 2
+reads it: cut to the turn-1 budget like a sampled y1),
 `acc_t2` (turn-2 accuracy), `kept_t2` (the answer-kept rate: turn 2's `answer_key` equals
 y1''s, a None key never counts as kept), `fix_t2` (turn-2 accuracy where y1' is wrong) and
 `keep_right_t2` (where y1' is right); with A > 2 attempts (config.rollout.num_attempts)
@@ -163,7 +164,10 @@ def counterfactual_table(c: build_lib.Components, params: Any,
       table[name] = {"skipped": given}
       continue
     rewards_AN, out = run(given, k)
-    table[name] = condition_row(c.task, given, c.task.rewards(problems, given), rewards_AN, out)
+    # out[0]: the given texts as the model read them (cut to the turn-1 budget, as a sampled
+    # y1 would be), so "y1' right" and "kept" describe what turn 2 saw
+    table[name] = condition_row(c.task, out[0], c.task.rewards(problems, out[0]), rewards_AN,
+                                out)
   return table
 
 

@@ -2,8 +2,10 @@
 
 - The tiny config on the sorting task (random weights, `--checkpoint init`): the table has
   every condition with rates in [0, 1]; the model row's given accuracy is the greedy turn-1
-  accuracy and its turn 2 is a plain greedy evaluation's; gold is right, corrupted is
-  wrong; the same seed gives the same table; the markdown table has a row per condition.
+  accuracy and its turn 2 is a plain greedy evaluation's; gold is right where it fits the
+  turn-1 budget (a given y1 is scored as turn 2 reads it, cut to the budget: also with a
+  3-token budget), corrupted is wrong; the same seed gives the same table; the markdown table
+  has a row per condition.
 - The pieces: a derangement has no fixed point; sorting's corrupt is wrong and perturb is a
   permutation; a task without corrupt / perturb (toy) gets rows that say why they are
   skipped.
@@ -37,10 +39,14 @@ def test_tiny_sorting_table_has_every_condition_and_is_deterministic(tmp_path):
     assert "skipped" not in row and row["n"] == 12
     for key in ("acc_given", "acc_t2", "kept_t2"):
       assert 0.0 <= row[key] <= 1.0 and 0.0 <= row[key + "_se"] <= 1.0
-  assert table["gold"]["acc_given"] == 1.0 and table["corrupted"]["acc_given"] == 0.0
-  # The model row re-runs turn 2 from the model's own y1: a plain greedy evaluation.
+  # gold is right where it fits the 8-token turn-1 budget (7 letters + end of turn): a longer
+  # word is cut there, as turn 2 reads it, and is wrong; corrupted gold is never right
   config = config_lib.load(TINY, OVERRIDES)
   c = build_lib.build(config)
+  fits = np.mean([len(p.answer) <= 7 for p in evaluate.eval_problems(c)])
+  assert 0.0 < fits < 1.0
+  assert table["gold"]["acc_given"] == fits and table["corrupted"]["acc_given"] == 0.0
+  # The model row re-runs turn 2 from the model's own y1: a plain greedy evaluation.
   plain = evaluate.evaluate_params(c, c.base_params, evaluate.eval_problems(c), batch_size=8,
                                    turn1_tokens=8, turn2_tokens=8, progress=False)
   assert table["model"]["acc_given"] == plain["acc_t1"]
@@ -82,3 +88,18 @@ def test_a_task_without_the_capabilities_gets_skipped_rows():
   rows = {"_meta": {"n": 3}, "corrupted": {"skipped": givens["corrupted"]}}
   assert "skipped" in counterfactual.markdown(rows)
   assert scaling.mean_se([1.0, 0.0]) == (0.5, 0.5)
+
+
+def test_a_given_y1_longer_than_the_budget_is_scored_as_the_model_read_it():
+  # Regression: "y1' right" / "kept" were computed on the whole given text while turn 2
+  # read it cut to the turn-1 budget (a MATH gold solution is longer than most budgets).
+  # Sorting words have >= 5 letters; with a 3-token turn-1 budget (characters here) the gold
+  # is cut to 2 letters, which is not the sorted word: wrong, and never "kept".
+  config = config_lib.load(TINY, OVERRIDES)
+  c = build_lib.build(config)
+  problems = evaluate.eval_problems(c)[:8]
+  assert min(len(p.answer) for p in problems) >= 5
+  table = counterfactual.counterfactual_table(c, c.base_params, problems, batch_size=8,
+                                              turn1_tokens=3, turn2_tokens=4)
+  assert table["gold"]["acc_given"] == 0.0 and table["gold"]["fix_t2"] is not None
+  assert table["gold"]["keep_right_t2"] is None          # no cut gold is right

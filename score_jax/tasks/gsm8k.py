@@ -46,6 +46,11 @@ the model writes "The final answer is $2. I hope it is correct." for dollar amou
 sentence that names a second number or says "or" / "and" after it is a hedge and gives none).
 With k > 0 the task's stop text "\nProblem:" (`Task.stop_texts`) ends an attempt there, so
 the invented problem does not reach the turn-2 context.
+
+Counterfactual first attempts: `demonstration` (the gold y1) is the reference solution in the
+exemplars' form, calculator annotations removed, ending "Final Answer: The final answer is X. I
+hope it is correct."; `corrupt` / `perturb` are `AnswerTask`'s (`math.nearmiss`), reading the
+final answer where `extract` reads it (`answer_span`).
 """
 
 from __future__ import annotations
@@ -53,8 +58,11 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+import numpy as np
+
 from score_jax.tasks import base
 from score_jax.tasks import prompts
+from score_jax.tasks.math import nearmiss
 from score_jax.tasks.math.extract import MAX_RESPONSE_CHARS
 from score_jax.tasks.math.task import AnswerTask, SourceArg, extract_answer, format_prompt
 
@@ -222,3 +230,32 @@ class GSM8KTask(AnswerTask):
     if answer is None and self.num_shots:
       answer = final_number(response)
     return answer
+
+  # ---- counterfactual first attempts (`AnswerTask.corrupt` / `perturb`, math.nearmiss)
+
+  def demonstration(self, problem: base.Problem, rng: np.random.Generator) -> str:
+    """The reference solution in the exemplars' form (calculator annotations removed, then
+    "Final Answer: The final answer is X. I hope it is correct."; deterministic): the gold
+    first attempt of `score_jax.counterfactual`, and the sft stage's data."""
+    solution = _CALCULATOR_RE.sub("", problem.meta["solution"]).strip()
+    return f"{solution}\nFinal Answer: The final answer is {problem.answer}. I hope it is correct."
+
+  def answer_span(self, response: str) -> tuple[int, int] | None:
+    """(start, end) of the text `extract` reads as the final answer (the same order of forms:
+    `extract_answer`'s, the last "#### X", few-shot the number after "final answer is")."""
+    if len(response) > MAX_RESPONSE_CHARS:
+      return None
+    if self.num_shots:
+      response = response_text(response)    # a prefix: the spans hold in the whole response
+    span = nearmiss.math_span(response)
+    if span is None:
+      found = list(_HASHES_RE.finditer(response))
+      if found and found[-1].group(1).strip():
+        start = found[-1].start(1)
+        span = (start, start + len(found[-1].group(1).rstrip()))
+    if span is None and self.num_shots and final_number(response) is not None:
+      last = list(_FINAL_MARK_RE.finditer(response))[-1]
+      found = _NUMBER_RE.match(response, last.end())
+      span = found.span(1)
+    return span
+

@@ -128,6 +128,10 @@ ATTACKS = [
     ("padded with spacing", "$\\boxed{7" + "\\," * 200 + "}$", "7", 0.0,
      "over MAX_ANSWER_CHARS: padding cannot hide anything from the grader"),
     ("zero-width join", "$\\boxed{7\u200b8}$", "7", 0.0, "renders as 78"),
+    ("another base", "$\\boxed{4210_{4}}$", "4210_{5}", 0.0,
+     "math-verify drops the base subscript: 4210 in base 4 is not 4210 in base 5"),
+    ("the same base written plainly", "$\\boxed{4210_5}$", "4210_{5}", 1.0,
+     "the base compared, not its braces"),
 ]
 
 

@@ -115,6 +115,10 @@ def _simple_number(normalised: str) -> fractions.Fraction | None:
   return sign * fractions.Fraction(int(num), int(den))
 
 
+# A numeric subscript: a base ("4210_{5}", "1011_2") or an index ("x_{1}").
+_SUBSCRIPT_RE = re.compile(r"_\{?\s*(\d+)\s*\}?")
+
+
 def _part_verdict(part: str, gold: _Gold) -> bool | None:
   """Step 3 without math-verify: True / False, or None when math-verify must decide."""
   p, g = normalize_answer(part, gold.words), gold.normalised
@@ -123,6 +127,11 @@ def _part_verdict(part: str, gold: _Gold) -> bool | None:
   if p == g:
     return True
   if is_words(p) or is_words(g):
+    return False
+  # math-verify drops numeric subscripts ("4210_{4}" would equal "4210_{5}"): another base
+  # or index is another answer
+  p_subs, g_subs = set(_SUBSCRIPT_RE.findall(p)), set(_SUBSCRIPT_RE.findall(g))
+  if p_subs and g_subs and p_subs != g_subs:
     return False
   if "%" not in part + gold.text:
     p_val, g_val = _simple_number(p), _simple_number(g)
@@ -136,7 +145,8 @@ def quick_verdict(pred: str | None, gold: str) -> bool | None:
 
   False for no answer, an answer over `MAX_ANSWER_CHARS`, a hedge, a relation whose sides
   are not the answer (module docstring), two different word answers, and two plain numbers
-  (integers, short decimals, integer fractions) of different exact value; True when every
+  (integers, short decimals, integer fractions) of different exact value, two different
+  numeric subscripts (a base: "4210_{4}" is not "4210_{5}"); True when every
   part equals the gold after normalisation or in exact value.
   """
   g = _gold(gold)

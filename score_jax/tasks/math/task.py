@@ -34,6 +34,11 @@ time per item however long the response: extraction and the fast checks run in t
 process in linear time on bounded text (`math.extract`, `math.normalize`), math-verify in a
 process pool with a wall-clock kill (`math_grading`). The pool is shared at module level;
 `close()` releases it.
+
+Counterfactual first attempts (`score_jax.counterfactual`): `demonstration` is the record's
+reference solution (also the sft stage's data); `corrupt` (the final answer changed to a wrong
+one of the same kind, checked wrong by the grader) and `perturb` (one number changed, the final
+answer's first) follow `math.nearmiss`, for MATH and GSM8K alike.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from score_jax.tasks import base
 from score_jax.tasks import prompts
 from score_jax.tasks import sources
 from score_jax.tasks.math import grading as math_grading
+from score_jax.tasks.math import nearmiss
 from score_jax.tasks.math.answer import extract_answer, is_equivalent, normalize_answer
 from score_jax.tasks.math.grading import grade_batch
 
@@ -110,6 +116,7 @@ class AnswerTask(base.Task):
     held_out = ("train", "validation") if "train" in self.files else ()
     self.splits = tuple(dict.fromkeys([*held_out, *self.files, *self.sources]))
     self._pool: math_grading.GraderPool | None = None
+    self._text_pool: list[str] | None = None   # corrupt()'s \text{} answers
 
   # ---- data
 
@@ -175,6 +182,45 @@ class AnswerTask(base.Task):
     answer = self.extract(response)
     return None if answer is None else normalize_answer(answer)
 
+  # ---- counterfactual first attempts (score_jax.counterfactual; rules in math.nearmiss)
+
+  def answer_span(self, response: str) -> tuple[int, int] | None:
+    """(start, end) of the text `extract` reads as the final answer, None if it reads none."""
+    return nearmiss.math_span(response)
+
+  def _text_answers(self) -> list[str]:
+    """Other problems' answers for a "\\text{word}" answer's near miss: the test split's."""
+    if self._text_pool is None:
+      try:
+        self._text_pool = [str(p.answer) for p in self.load("test")]
+      except (ValueError, OSError, KeyError):
+        self._text_pool = []
+    return self._text_pool
+
+  def corrupt(self, problem: base.Problem, response: str, rng: np.random.Generator) -> str:
+    """`response` (a correct one, e.g. the gold solution) with its final answer replaced,
+    where it states it, by the first of `nearmiss.wrong_answers` that the grader grades
+    wrong (`math.nearmiss`: a digit run moved by 1..3, another choice letter, another
+    problem's \\text{} answer, or "+1"). ValueError if it has no final answer or none is
+    wrong."""
+    span = self.answer_span(response)
+    if span is None:
+      raise ValueError(f"task {self.name!r}: corrupt() of {problem.uid}: the response has no "
+                       "final answer the grader reads (a \\boxed{} or 'The final answer is')")
+    old = response[span[0]:span[1]]
+    pool = self._text_answers() if nearmiss.needs_pool(old) else []
+    for new in nearmiss.wrong_answers(old, rng, pool):
+      corrupted = nearmiss.restate(response, span, new)
+      if new != old and self.rewards([problem], [corrupted])[0] == 0.0:
+        return corrupted
+    raise ValueError(f"task {self.name!r}: corrupt() of {problem.uid}: no near miss of the "
+                     f"final answer {old!r} is graded wrong (score_jax/tasks/math/nearmiss.py)")
+
+  def perturb(self, problem: base.Problem, response: str, rng: np.random.Generator) -> str:
+    """`response` with one number changed, its final answer's first (`nearmiss.perturb`:
+    else the last number of its last 3 lines; a response without a digit is kept)."""
+    return nearmiss.perturb(response, self.answer_span(response), rng)
+
   def close(self) -> None:
     """Releases this task's reference to the shared grader pool."""
     if self._pool is not None:
@@ -214,3 +260,12 @@ class MathTask(AnswerTask):
     meta = {k: rec[k] for k in ("solution", "subject", "type", "level") if k in rec}
     return base.Problem(uid=str(rec.get("unique_id", f"math/{split}/{index}")),
                         prompt=format_prompt(rec["problem"]), answer=str(answer), meta=meta)
+
+  def demonstration(self, problem: base.Problem, rng: np.random.Generator) -> str:
+    """The record's reference solution (its final \\boxed{} is the answer; deterministic):
+    the gold first attempt of `score_jax.counterfactual`, and the sft stage's data."""
+    if "solution" not in problem.meta:
+      raise base.MissingCapability(
+          f"task 'math': problem {problem.uid} has no reference solution (record field "
+          "'solution'), which a demonstration needs: serve records with one")
+    return str(problem.meta["solution"])
