@@ -1,37 +1,36 @@
-"""The check demo's synthetic task: suffix parities with a check digit. The first answer bit
-needs a computation the tiny model cannot do; the end of an attempt reveals it.
+"""The check demo's synthetic task: the parity of a bit string, stated first, then the work
+(the parity of every prefix). The first bit needs a computation the tiny model cannot do; the
+end of an attempt reveals it.
 
-Problem: `xor: 0110`; answer: `00100=0`: the parity of every suffix of the bits, the empty
-one included (y_i = x_i XOR ... XOR x_{n-1} for i < n, y_n = 0), then `=` and a check digit
-c = y_0 XOR y_n. Written left to right:
+Problem: `xor: 0110`; answer: `0=00100`: the parity p of all the bits, then `=` and the
+parity of every prefix, the empty one first (z_0 = 0, z_i = x_0 XOR ... XOR x_{i-1}). Written
+left to right, every bit but the first is local (the previous bit XOR one prompt bit):
 
-  y_0 = the parity of all n bits (a global computation the demo's tiny model cannot learn),
-  y_i = y_{i-1} XOR x_{i-1}       (local: the previous answer bit and one prompt bit),
-  y_n = 0                         (a right chain ends in 0),
-  c   = y_0 XOR y_n               (local: equals y_0 for a right answer).
+  p   = the parity of all n bits (a global computation the demo's tiny model cannot learn),
+  z_0 = 0,   z_i = z_{i-1} XOR x_{i-1},   z_n = the parity of all n bits = the right p.
 
-A writer that knows the local rule but not the parity guesses y_0 and chains on; when the
-guess is wrong its chain is the complement of the right one and ends in 1, and its check
-digit c = y_0 XOR 1 is then the right first bit. So the end of any consistent attempt, right
-or wrong, holds the parity that its first bit needed: a second attempt that reads the first
-can start right, while one that ignores it can only guess again (whether the first attempt
-is wrong is not predictable from the prompt without the parity). This is the demo of issue
-15 item 5 (`configs/demo_check.py`); in the sorting demo (`score_jax.tasks.sorting`) the
-second attempt can re-solve the task from the letters of whatever it is shown.
+A writer that knows the local rule but not the parity guesses p and works on; the work does
+not depend on the guess, so it ends in the right p whether the guess was right or not. So the
+end of any attempt that does the work right holds the bit its first bit needed: a second
+attempt that reads the first can start right, while one that ignores it can only guess again
+(whether the first attempt is wrong is not predictable from the prompt without the parity).
+This is the demo of issue 15 item 5 (`configs/demo_check.py`); in the sorting demo
+(`score_jax.tasks.sorting`) the second attempt can re-solve the task from the letters of
+whatever it is shown. (Earlier designs, measured: the suffix parities with a check digit
+y_0 XOR y_n, whose base model never wrote the check digit right, an XOR of two distant bits;
+the suffix parities then the prefix parities, 35 characters, whose base model wrote the work
+right but whose turn 2 never learnt to read it in RL.)
 
 `demonstration` is the noisy solver the base model imitates: its first bit is wrong with
 probability `wrong_start_rate` (config.task.blind_spot_rate; 1/2: a solver that cannot
 compute the parity either and guesses it), seeded per sample, not a function of the prompt;
-it chains correctly, writes the check digit, and with probability `error_rate` then flips
-one random character (a typo; one on the "=" changes nothing). Two-attempt demonstrations
-pair independent attempts (`score_jax.train`), so the base model's second attempt guesses
-its first bit afresh: no correction skill (measured: it does learn to copy the first
-attempt's check digit into its own, on which the demonstrations always agree, and never to
-compute it). For counterfactual first attempts (`score_jax.counterfactual`), `corrupt` is the
-solver's kind of error: the right answer chained from the wrong first bit (every chain bit
-flipped, the check digit unchanged, as the chain recomputes it); `perturb` flips the check
-digit of a model's answer (a turn 2 that starts from the first attempt's check digit is
-misled; one that recomputes it from the chain, or ignores the first attempt, is not).
+it does the work right, and with probability `error_rate` then flips one random character (a
+typo; one on the "=" changes nothing). Two-attempt demonstrations pair independent attempts
+(`score_jax.train`), so the base model's second attempt guesses its first bit afresh: no
+correction skill. For counterfactual first attempts (`score_jax.counterfactual`), `corrupt`
+is the solver's kind of error: the right answer with the wrong first bit (the work the same);
+`perturb` flips the last character (z_n) of a model's answer (a turn 2 that starts from the
+first attempt's last bit is misled; one that ignores the first attempt is not).
 
 Splits, disjoint by bit string: "test" (500, seed 22), "train" (20,000, seed 21, skipping
 test's strings) and "validation" (500, seed 23, skipping the strings of train and test);
@@ -52,23 +51,18 @@ PREFIX = "xor: "
 CHECK = "="
 
 
-def suffix_parities(bits: str) -> str:
-  """y_i = XOR of bits[i:] for i = 0..n (the empty suffix last), e.g. "0110" -> "00100"."""
+def prefix_parities(bits: str) -> str:
+  """z_i = XOR of bits[:i] for i = 0..n (the empty prefix first), e.g. "1000" -> "01111"."""
   out, acc = ["0"], 0
-  for b in reversed(bits):
+  for b in bits:
     acc ^= int(b)
     out.append(str(acc))
-  return "".join(reversed(out))
-
-
-def with_check(chain: str) -> str:
-  """`chain` + "=" + its check digit y_0 XOR y_n, e.g. "11011" -> "11011=0"."""
-  return f"{chain}{CHECK}{int(chain[0]) ^ int(chain[-1])}"
+  return "".join(out)
 
 
 def answer(bits: str) -> str:
-  """The right answer for prompt bits `bits`, e.g. "0110" -> "00100=0"."""
-  return with_check(suffix_parities(bits))
+  """The right answer for prompt bits `bits`: the parity, "=", the work; "1000" -> "1=01111"."""
+  return f"{bits.count('1') % 2}{CHECK}{prefix_parities(bits)}"
 
 
 def flip(bits: str) -> str:
@@ -77,7 +71,7 @@ def flip(bits: str) -> str:
 
 
 class ParityTask(base.Task):
-  """Suffix parities of `min_len`..`max_len` random bits (module docstring)."""
+  """The parity of `min_len`..`max_len` random bits, then the work (module docstring)."""
 
   name = "parity"
   splits = ("train", "validation", "test")
@@ -134,25 +128,24 @@ class ParityTask(base.Task):
 
   def demonstration(self, problem: base.Problem, rng: np.random.Generator) -> str:
     """One attempt of the noisy solver: a first bit wrong with probability wrong_start_rate
-    (the chain complemented, its check digit the same), then (error_rate) one random
-    character flipped (a typo: 0 <-> 1; one that lands on "=" changes nothing)."""
-    chain = problem.answer.split(CHECK)[0]
+    (the work the same), then (error_rate) one random character flipped (a typo: 0 <-> 1;
+    one that lands on "=" changes nothing)."""
     wrong = rng.random() >= 1.0 - self.wrong_start_rate
-    text = list(with_check(flip(chain) if wrong else chain))
+    text = list((flip(problem.answer[:1]) if wrong else problem.answer[:1]) + problem.answer[1:])
     if rng.random() < self.error_rate:
       i = int(rng.integers(len(text)))
       text[i] = flip(text[i])
     return "".join(text)
 
   def corrupt(self, problem: base.Problem, response: str, rng: np.random.Generator) -> str:
-    """The right `response` chained from the wrong first bit: every chain bit flipped, the
-    check digit (recomputed from the chain) the same, e.g. "00100=0" -> "11011=0"."""
+    """The right `response` with the wrong first bit, the work the same: "1=01111" ->
+    "0=01111"."""
     del problem, rng
-    chain, sep, digit = response.strip().partition(CHECK)
-    return flip(chain) + sep + digit
+    text = response.strip()
+    return flip(text[:1]) + text[1:]
 
   def perturb(self, problem: base.Problem, response: str, rng: np.random.Generator) -> str:
-    """A model's `response` with its last character (the check digit) flipped (0 <-> 1)."""
+    """A model's `response` with its last character (z_n) flipped (0 <-> 1)."""
     del problem, rng
     text = response.strip()
     return text[:-1] + flip(text[-1:])

@@ -1,16 +1,16 @@
-"""The suffix-parity task (score_jax.tasks.parity) and its demo config (configs/demo_check.py).
+"""The parity task (score_jax.tasks.parity) and its demo config (configs/demo_check.py).
 
-- Hand-checked answers: "0110" -> "00100=0" (the parities of "0110", "110", "10", "0", "",
-  then the check digit 0 ^ 0), and the facts the demo rests on: y_0 is the parity of all
-  bits, y_i = y_{i-1} ^ x_{i-1}, a right chain ends in 0; the chain from the wrong first bit
-  is the complement, ends in 1, and its check digit is the right first bit.
+- Hand-checked answers: "1000" -> "1=01111" (the parity, then the parities of the prefixes
+  "", "1", "10", "100", "1000"), and the facts the demo rests on: z_0 = 0, z_i = z_{i-1} ^
+  x_{i-1} (local), z_n is the parity of all bits, i.e. the right first bit; an answer with
+  the wrong first bit and the same work is wrong, and its last bit is the right first bit.
 - Splits: sizes, disjoint prompts, deterministic, the right answer everywhere; a split that
   cannot exist is an error that names the config field.
 - The noisy solver: with error_rate 0 it gives the answer or the chain from the wrong first
   bit, the latter at wrong_start_rate (1/2 by default, as in the demo config's
   blind_spot_rate); error_rate 1 adds one typo (one flipped digit, or none on the "=").
-- Counterfactual pieces: corrupt is the chain from the wrong first bit (always wrong, same
-  check digit); perturb flips the check digit.
+- Counterfactual pieces: corrupt is the right answer with the wrong first bit (always
+  wrong, the same work); perturb flips the last bit (z_n).
 - The registry builds it from the config's task section; the demo config's sizes fit it.
 - End to end (slow, 1-3 min wall on 2 shared cores: 52 s quiet, 192 s at load 8): shrunk
   configs/demo_check.py (a few steps) trains the base model and SCoRe, writes results.json, the
@@ -33,28 +33,25 @@ from tests.conftest import REPO_ROOT
 DEMO_CHECK = REPO_ROOT / "configs" / "demo_check.py"
 
 
-def test_suffix_parities_by_hand():
-  assert parity.suffix_parities("0110") == "00100"
-  assert parity.suffix_parities("1") == "10" and parity.suffix_parities("") == "0"
-  assert parity.suffix_parities("111") == "1010"    # 1^1^1, 1^1, 1, (empty)
-  assert parity.suffix_parities("1000") == "10000"
-  assert parity.answer("0110") == "00100=0" and parity.answer("111") == "1010=1"
-  assert parity.with_check("11011") == "11011=0"    # 1 ^ 1
+def test_prefix_parities_and_answers_by_hand():
+  assert parity.prefix_parities("1000") == "01111"   # "", "1", "10", "100", "1000"
+  assert parity.prefix_parities("111") == "0101" and parity.prefix_parities("") == "0"
+  assert parity.prefix_parities("0110") == "00100"
+  assert parity.answer("1000") == "1=01111" and parity.answer("111") == "1=0101"
+  assert parity.answer("0110") == "0=00100"
   assert parity.flip("00100") == "11011" and parity.flip("a1=") == "a0="
 
 
-def test_the_answer_is_a_global_bit_then_a_local_chain_checked_at_the_end():
+def test_the_answer_is_a_global_bit_then_local_work_that_ends_in_it():
   rng = np.random.default_rng(0)
   for _ in range(50):
     x = "".join(str(b) for b in rng.integers(0, 2, size=16))
-    y = parity.suffix_parities(x)
-    assert len(y) == 17 and y[0] == str(x.count("1") % 2)      # the parity of all bits
-    assert all(int(y[i]) == int(y[i - 1]) ^ int(x[i - 1]) for i in range(1, 17))
-    assert y[-1] == "0"                                         # the check
-    wrong = parity.flip(y)                   # the chain from the wrong first bit
-    assert all(int(wrong[i]) == int(wrong[i - 1]) ^ int(x[i - 1]) for i in range(1, 17))
-    assert wrong[-1] == "1"                  # ... fails only the last-bit check
-    assert parity.with_check(wrong)[-1] == y[0] == parity.answer(x)[-1]   # the check digit
+    p, sep, z = parity.answer(x).partition("=")
+    assert sep == "=" and p == str(x.count("1") % 2)           # the parity of all bits
+    assert len(z) == 17 and z[0] == "0"
+    assert all(int(z[i]) == int(z[i - 1]) ^ int(x[i - 1]) for i in range(1, 17))
+    assert z[-1] == p                    # the work ends in the right first bit
+    assert parity.flip(p) + sep + z != parity.answer(x)      # a wrong guess, the same work
 
 
 def test_splits_are_disjoint_deterministic_and_right():
@@ -73,7 +70,8 @@ def test_splits_are_disjoint_deterministic_and_right():
       assert p.prompt.startswith("xor: ") and 3 <= len(bits) <= 10
       assert task.reward(p, p.answer) == 1.0 and task.reward(p, " " + p.answer + "\n") == 1.0
       assert p.answer == parity.answer(bits)
-      assert task.reward(p, parity.with_check(parity.flip(p.answer[:-2]))) == 0.0
+      assert task.reward(p, parity.flip(p.answer[0]) + p.answer[1:]) == 0.0  # wrong first bit
+      assert task.reward(p, p.answer[:-1] + parity.flip(p.answer[-1])) == 0.0  # wrong work
   with pytest.raises(ValueError, match="no split 'dev'"):
     task.load("dev")
   tiny = parity.ParityTask(num_train=10, num_test=4, num_validation=4, min_len=2, max_len=2)
@@ -84,27 +82,29 @@ def test_splits_are_disjoint_deterministic_and_right():
 
 
 def test_noisy_solver_and_counterfactual_pieces():
-  problem = base.Problem(uid="t", prompt="xor: 0110", answer="00100=0")
+  problem = base.Problem(uid="t", prompt="xor: 1000", answer="1=01111")
   rng = np.random.default_rng(0)
   guess = parity.ParityTask(error_rate=0.0)
   demos = [guess.demonstration(problem, rng) for _ in range(400)]
-  assert set(demos) == {"00100=0", "11011=0"}
-  assert 160 <= demos.count("00100=0") <= 240       # 1/2 of 400, +- 4 standard deviations
+  assert set(demos) == {"1=01111", "0=01111"}
+  assert 160 <= demos.count("1=01111") <= 240   # 1/2 of 400, +- 4 standard deviations
   mostly = parity.ParityTask(error_rate=0.0, wrong_start_rate=0.1)
   demos = [mostly.demonstration(problem, rng) for _ in range(400)]
-  assert 16 <= demos.count("11011=0") <= 64         # 40 of 400, +- 4 standard deviations
+  assert 16 <= demos.count("0=01111") <= 64     # 40 of 400, +- 4 standard deviations
   never = parity.ParityTask(error_rate=0.0, wrong_start_rate=0.0)
-  assert {never.demonstration(problem, rng) for _ in range(50)} == {"00100=0"}
+  assert {never.demonstration(problem, rng) for _ in range(50)} == {"1=01111"}
   always = parity.ParityTask(error_rate=1.0)
   typos = []
   for _ in range(70):
     slip = always.demonstration(problem, rng)
-    assert slip[5] == "="
-    typos.append(min(sum(a != b for a, b in zip(slip, y)) for y in ("00100=0", "11011=0")))
-  assert set(typos) == {0, 1} and typos.count(0) <= 30    # 0 when it lands on "=" (1 in 7)
-  assert guess.corrupt(problem, " 00100=0\n", rng) == "11011=0"
-  assert guess.reward(problem, "11011=0") == 0.0
-  assert guess.perturb(problem, " 00100=0\n", rng) == "00100=1"
+    assert slip[1] == "="
+    typos.append(min(sum(a != b for a, b in zip(slip, y))
+                     for y in ("1=01111", "0=01111")))
+  # 0 when it lands on "=" or on the guessed first bit (2 in 7: 20 of 70 expected)
+  assert set(typos) == {0, 1} and typos.count(0) <= 30
+  assert guess.corrupt(problem, " 1=01111\n", rng) == "0=01111"
+  assert guess.reward(problem, "0=01111") == 0.0
+  assert guess.perturb(problem, " 1=01111\n", rng) == "1=01110"
   assert guess.perturb(problem, "", rng) == "" and guess.answer_key(" 01 ") == "01"
 
 
@@ -116,7 +116,8 @@ def test_registry_and_demo_config_fit_the_task():
   assert task.wrong_start_rate == config.task.blind_spot_rate == 0.5
   problems = task.load("test")
   assert len(problems) == 500 and problems[0].prompt == "xor: 1010100100010101"
-  assert problems[0].answer == "10011000111100110=1"
+  # seven 1s: the parity 1, "=", the prefix parities (ending in 1)
+  assert problems[0].answer == "1=01100111000011001"
   assert set("".join(p.prompt for p in problems[:50])) <= set(task.alphabet())
   assert set(task.turn2_instruction) <= set(task.alphabet())
   # Every prompt fits the prompt budget; answers (+ end of turn) fit the turn budgets.
