@@ -246,25 +246,27 @@ def compact_columns(episode: Episode, keep_T: Any, bucket: int) -> Episode:
   width = compact_width(len(cols), T, bucket)
   if len(cols) == width == T:
     return episode
+  return _map_columns(episode, lambda x: np.pad(  # zeros: 0 / False / 0.0
+      np.asarray(x)[:, cols], ((0, 0), (0, width - len(cols)))))
 
-  def take(x: Any) -> np.ndarray:
-    x = np.asarray(x)[:, cols]
-    return np.pad(x, ((0, 0), (0, width - len(cols))))   # zeros: 0 / False / 0.0
 
+def _map_columns(episode: Episode, take: Callable[[Any], np.ndarray]) -> Episode:
+  """The Episode with `take` applied to each of its [B, T] fields (rewards_BA is per row)."""
   return episode._replace(tokens_BT=take(episode.tokens_BT), valid_BT=take(episode.valid_BT),
                           attempt_BT=take(episode.attempt_BT),
                           sampler_logprobs_BT=take(episode.sampler_logprobs_BT))
 
 
-def pack_rows(episode: Episode, width: int) -> Episode:
+def pack_rows(episode: Episode, width: int, need_BT: Any = None) -> Episode:
   """Each row's needed columns (`needed_columns`), in order, moved to the left and padded at
   the end with invalid, untrained columns (token 0, log-prob 0) to `width` columns (numpy).
 
   `width` must be the same for every part of a step's batch (on every process): use
-  `compact_width` of the largest `needed_columns(...).sum(axis=1)` over all rows. The math is
-  unchanged (see the comment above).
+  `compact_width` of the largest `needed_columns(...).sum(axis=1)` over all rows (`need_BT`:
+  this episode's `needed_columns`, if already computed). The math is unchanged (see the
+  comment above).
   """
-  need_BT = needed_columns(episode)
+  need_BT = needed_columns(episode) if need_BT is None else np.asarray(need_BT, bool)
   B, T = need_BT.shape
   longest = int(need_BT.sum(axis=1).max(initial=0))
   if not longest <= width <= T:
@@ -278,9 +280,7 @@ def pack_rows(episode: Episode, width: int) -> Episode:
     x = np.asarray(x)
     return np.where(keep_BW, np.take_along_axis(x, order_BW, axis=1), 0).astype(x.dtype)
 
-  return episode._replace(tokens_BT=take(episode.tokens_BT), valid_BT=take(episode.valid_BT),
-                          attempt_BT=take(episode.attempt_BT),
-                          sampler_logprobs_BT=take(episode.sampler_logprobs_BT))
+  return _map_columns(episode, take)
 
 
 COMPACT_MODES = ("columns", "rows")
@@ -333,4 +333,4 @@ def compact_episodes(episodes: Sequence[Episode], mode: str, bucket: int,
   longest = max(max(gather(i, need_BT.sum(axis=1).tolist()), default=0)
                 for i, need_BT in enumerate(needs))
   width = compact_width(int(longest), T, bucket)
-  return [pack_rows(ep, width) for ep in episodes]
+  return [pack_rows(ep, width, need_BT) for ep, need_BT in zip(episodes, needs)]

@@ -106,6 +106,17 @@ class Task(abc.ABC):
         "tokenizer.kind='sentencepiece' / 'hf' with a tokenizer.path")
 
 
+class ExactAnswerTask(Task):
+  """A task graded by exact match: the response, stripped, must be the answer string (the
+  synthetic tasks whose answer is a whole string: sorting, parity)."""
+
+  def reward(self, problem: Problem, response: str) -> float:
+    return float(response.strip() == problem.answer)
+
+  def answer_key(self, response: str) -> str | None:
+    return response.strip()
+
+
 def check_split(task: Task, split: str) -> None:
   """Raises a clear error for a split the task does not know."""
   if split not in task.splits:

@@ -70,7 +70,7 @@ def flip(bits: str) -> str:
   return bits.translate(str.maketrans("01", "10"))
 
 
-class ParityTask(base.Task):
+class ParityTask(base.ExactAnswerTask):
   """The parity of `min_len`..`max_len` random bits, then the work (module docstring)."""
 
   name = "parity"
@@ -119,12 +119,6 @@ class ParityTask(base.Task):
       problems.append(base.Problem(uid=f"{split}-{len(problems)}", prompt=prompt,
                                    answer=answer(bits)))
     return problems
-
-  def reward(self, problem: base.Problem, response: str) -> float:
-    return float(response.strip() == problem.answer)
-
-  def answer_key(self, response: str) -> str | None:
-    return response.strip()
 
   def demonstration(self, problem: base.Problem, rng: np.random.Generator) -> str:
     """One attempt of the noisy solver: a first bit wrong with probability wrong_start_rate

@@ -36,7 +36,7 @@ from score_jax.tasks import base
 _SPLIT_SEEDS = {"train": 11, "test": 12, "validation": 13}
 
 
-class SortingTask(base.Task):
+class SortingTask(base.ExactAnswerTask):
   """Sorting words of `min_len`..`max_len` letters drawn from the first `letters` letters."""
 
   name = "sorting"
@@ -91,12 +91,6 @@ class SortingTask(base.Task):
       problems.append(base.Problem(uid=f"{split}-{len(problems)}", prompt=f"sort: {word}",
                                    answer=answer))
     return problems
-
-  def reward(self, problem: base.Problem, response: str) -> float:
-    return float(response.strip() == problem.answer)
-
-  def answer_key(self, response: str) -> str | None:
-    return response.strip()
 
   def demonstration(self, problem: base.Problem, rng: np.random.Generator) -> str:
     """One attempt of the noisy solver (module docstring)."""

@@ -11,6 +11,8 @@
   blind_spot_rate); error_rate 1 adds one typo (one flipped digit, or none on the "=").
 - Counterfactual pieces: corrupt is the right answer with the wrong first bit (always
   wrong, the same work); perturb flips the last bit (z_n).
+- The reward is exact match (`base.ExactAnswerTask`, shared with sorting): surrounding
+  whitespace is ignored, but no hedge, extra text, second answer or look-alike digit scores.
 - The registry builds it from the config's task section; the demo config's sizes fit it.
 - End to end (slow, 1-3 min wall on 2 shared cores: 52 s quiet, 192 s at load 8): shrunk
   configs/demo_check.py (a few steps) trains the base model and SCoRe, writes results.json, the
@@ -28,6 +30,7 @@ from score_jax import experiment
 from score_jax.tasks import base
 from score_jax.tasks import parity
 from score_jax.tasks import registry
+from score_jax.tasks import sorting
 from tests.conftest import REPO_ROOT
 
 DEMO_CHECK = REPO_ROOT / "configs" / "demo_check.py"
@@ -159,3 +162,15 @@ def test_demo_check_config_runs_end_to_end_at_toy_size(tmp_path):
   assert all("skipped" not in table[name] for name in counterfactual.CONDITIONS)
   assert table["gold"]["acc_given"] == 1.0 and table["corrupted"]["acc_given"] == 0.0
   assert table["_meta"]["n"] == 16
+
+
+@pytest.mark.parametrize("task", [parity.ParityTask(num_train=1, num_test=1, num_validation=1),
+                                  sorting.SortingTask()], ids=["parity", "sorting"])
+def test_exact_answer_reward_cannot_be_gamed(task):
+  gold = "1=01111"
+  problem = base.Problem("attack", "q", gold)
+  assert task.reward(problem, f"  {gold}\n") == 1.0
+  for attack in (f"{gold} or 0=01111", f"0=01111\n{gold}", f"answer: {gold}", f"{gold}.",
+                 gold.replace("1", "\uff11"), gold.replace("=", " = "), "", gold[:-1]):
+    assert task.reward(problem, attack) == 0.0, attack
+  assert task.answer_key(f" {gold} ") == gold
